@@ -1,0 +1,123 @@
+"""GEMConfig: how many GEM tokens, how they are inserted, and how a text is pooled.
+
+The config travels with every adapter and merged checkpoint as ``gem_config.json`` so a
+folder alone says how to embed with it. Validation happens in ``__post_init__`` so a bad
+value fails where it is written, not deep inside a forward pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import GEMConfigError
+from .pooling import POOLING_MODES
+
+GEM_CONFIG_NAME = "gem_config.json"
+
+
+@dataclass
+class GEMConfig:
+    """Settings of the GEM method that must match between training and embedding."""
+
+    num_gem_tokens: int = field(
+        default=1,
+        metadata={"help": "k, the number of special tokens that summarise the prefix."},
+    )
+    token_template: str = field(
+        default="<|gem_{i}|>",
+        metadata={"help": "Format string of the special tokens; {i} runs from 0 to k-1."},
+    )
+    pooling: str = field(
+        default="gem",
+        metadata={"help": f"Default pooling of encode(): one of {POOLING_MODES}."},
+    )
+    max_length: int = field(
+        default=512,
+        metadata={"help": "Tokens per text when embedding, GEM tokens included."},
+    )
+    min_prefix_tokens: int = field(
+        default=4,
+        metadata={"help": "Training: fewest text tokens before the GEM tokens."},
+    )
+    min_suffix_tokens: int = field(
+        default=4,
+        metadata={"help": "Training: fewest text tokens after the GEM tokens."},
+    )
+    base_model: str | None = field(
+        default=None,
+        metadata={"help": "Name or path of the base model the tokens were added to."},
+    )
+    base_fingerprint: str | None = field(
+        default=None,
+        metadata={"help": "Hash of the base config's architecture fields (see tokens.fingerprint)."},
+    )
+    library_version: str | None = field(
+        default=None, metadata={"help": "gem-adapter version that wrote this config."}
+    )
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.num_gem_tokens, int) or self.num_gem_tokens < 1:
+            raise GEMConfigError(
+                f"num_gem_tokens must be an integer >= 1, got {self.num_gem_tokens!r}"
+            )
+        if "{i}" not in self.token_template:
+            raise GEMConfigError(
+                f"token_template must contain '{{i}}' so the k tokens differ, got {self.token_template!r}"
+            )
+        if self.pooling not in POOLING_MODES:
+            raise GEMConfigError(
+                f"pooling {self.pooling!r} is not one of {POOLING_MODES}"
+            )
+        if not isinstance(self.max_length, int) or self.max_length <= self.num_gem_tokens:
+            raise GEMConfigError(
+                f"max_length must exceed num_gem_tokens ({self.num_gem_tokens}), got {self.max_length!r}"
+            )
+        for name in ("min_prefix_tokens", "min_suffix_tokens"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise GEMConfigError(f"{name} must be an integer >= 1, got {value!r}")
+
+    @property
+    def gem_tokens(self) -> list[str]:
+        """The special token strings, in order."""
+        return [self.token_template.format(i=i) for i in range(self.num_gem_tokens)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "GEMConfig":
+        """Build a config, refusing unknown keys so a typo never passes silently."""
+        valid = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - valid)
+        if unknown:
+            raise GEMConfigError(
+                f"unknown GEM config key(s) {unknown}; valid keys: {sorted(valid)}"
+            )
+        return cls(**data)
+
+    def save(self, folder: str | os.PathLike) -> Path:
+        """Write ``gem_config.json`` (indented, sorted keys) into ``folder``."""
+        path = Path(folder) / GEM_CONFIG_NAME
+        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> "GEMConfig":
+        path = Path(folder) / GEM_CONFIG_NAME
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise GEMConfigError(f"{path} not found: is this a GEM adapter or merged checkpoint?") from None
+        except json.JSONDecodeError as exc:
+            raise GEMConfigError(f"{path} is not valid JSON ({exc}); re-create it or re-save the adapter") from None
+        return cls.from_dict(data)
+
+    @staticmethod
+    def exists(folder: str | os.PathLike) -> bool:
+        return (Path(folder) / GEM_CONFIG_NAME).is_file()

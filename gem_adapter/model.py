@@ -1,0 +1,338 @@
+"""GEMModel: one loaded decoder that both embeds (through its GEM tokens) and generates.
+
+Data path of ``encode``: text -> tokenizer -> ``tokens.embedding_ids`` (GEM tokens last,
+text truncated first) -> length-sorted batches -> ``masking`` (a 4D GEM mask only where it
+differs from causal attention) -> decoder hidden states -> ``pooling.pool`` -> optional L2
+normalisation -> original order.
+
+Loading resolves the base through ``hub`` (alias, folder, .gguf, hub id), optionally in
+4-bit NF4, and applies a saved adapter folder (PEFT LoRA + trained GEM rows +
+``gem_config.json``). Training lives in ``training``; adapter surgery in ``adapters``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .config import GEMConfig
+from .errors import GEMError, ModelResolutionError
+from .hub import resolve_base
+from .masking import (
+    Segment,
+    build_gem_attention_mask,
+    needs_custom_mask,
+    position_ids_from_segments,
+    to_additive_mask,
+)
+from .pooling import POOLING_MODES, pool
+from .tokens import add_gem_tokens, embedding_ids, pad_batch, plain_ids
+
+# Attention kernels checked against a reference in tests/test_attention.py. Others
+# (flash_attention_2, flex_attention) are refused until they are tested the same way.
+SUPPORTED_ATTENTION: tuple[str, ...] = ("sdpa", "eager")
+
+QUERY_TEMPLATE = "Instruct: {instruction}\nQuery: {text}"
+DOCUMENT_TEMPLATE = "{instruction}\n{text}"
+
+
+class GEMModel:
+    """A causal LM with GEM tokens: ``encode`` for embeddings, ``generate`` for text."""
+
+    def __init__(self, model, tokenizer, config: GEMConfig | None = None, *, initialize_rows: bool = True):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = config or GEMConfig()
+        implementation = getattr(model.config, "_attn_implementation", None) or "sdpa"
+        if implementation not in SUPPORTED_ATTENTION:
+            raise GEMError(
+                f"attention implementation {implementation!r} is not supported for GEM masks; "
+                f"load the model with attn_implementation one of {SUPPORTED_ATTENTION}"
+            )
+        self.gem_token_ids = add_gem_tokens(tokenizer, self._causal_lm, self.config, initialize_rows)
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        self.model.eval()
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(
+        cls,
+        base: str | os.PathLike = "smollm2-135m",
+        adapter: str | os.PathLike | None = None,
+        *,
+        load_in_4bit: bool = False,
+        dtype: torch.dtype | str | None = None,
+        compute_dtype: torch.dtype | str = torch.float32,
+        device: str | torch.device | None = None,
+        attn_implementation: str = "sdpa",
+        config: GEMConfig | None = None,
+    ) -> "GEMModel":
+        """Load a base model (alias, folder, .gguf or hub id), optionally with an adapter.
+
+        ``load_in_4bit`` quantises the base with bitsandbytes NF4 and double quantisation;
+        ``compute_dtype`` is the dtype of the 4-bit matmuls. A folder holding
+        ``gem_config.json`` (a merged GEM checkpoint) keeps its trained GEM rows.
+        """
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if attn_implementation not in SUPPORTED_ATTENTION:
+            raise GEMError(
+                f"attn_implementation {attn_implementation!r} is not supported; use one of {SUPPORTED_ATTENTION}"
+            )
+        base_path = resolve_base(base)
+        adapter_path = Path(adapter) if adapter is not None else None
+        if adapter_path is not None:
+            _check_adapter_folder(adapter_path)
+        tokenizer_source = str(adapter_path) if adapter_path is not None else base_path
+
+        merged_checkpoint = GEMConfig.exists(base_path)
+        if config is None:
+            if adapter_path is not None:
+                config = GEMConfig.load(adapter_path)
+            elif merged_checkpoint:
+                config = GEMConfig.load(base_path)
+            else:
+                config = GEMConfig(base_model=str(base))
+
+        kwargs: dict[str, Any] = {"attn_implementation": attn_implementation}
+        if load_in_4bit:
+            kwargs["quantization_config"] = bnb_4bit_config(compute_dtype)
+        if dtype is not None:
+            kwargs["dtype"] = _as_dtype(dtype)
+        elif not load_in_4bit:
+            kwargs["dtype"] = torch.float32
+        if device is not None:
+            kwargs["device_map"] = {"": str(device)}
+        elif load_in_4bit:
+            kwargs["device_map"] = {"": "cuda" if torch.cuda.is_available() else "cpu"}
+
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
+        model = AutoModelForCausalLM.from_pretrained(base_path, **kwargs)
+        initialize_rows = not merged_checkpoint
+        if adapter_path is None:
+            return cls(model, tokenizer, config, initialize_rows=initialize_rows)
+
+        from peft import PeftModel
+
+        gem_model = cls(model, tokenizer, config, initialize_rows=initialize_rows)
+        gem_model.model = PeftModel.from_pretrained(gem_model.model, str(adapter_path), is_trainable=False)
+        gem_model.model.eval()
+        return gem_model
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def _causal_lm(self):
+        """The transformers model inside any PEFT wrapper."""
+        get_base = getattr(self.model, "get_base_model", None)
+        return get_base() if callable(get_base) else self.model
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self._causal_lm.config.hidden_size)
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.hidden_size
+
+    # ------------------------------------------------------------------ embedding
+    def encode(
+        self,
+        sentences: str | Sequence[str],
+        batch_size: int = 32,
+        normalize: bool = True,
+        max_length: int | None = None,
+        show_progress_bar: bool | None = None,
+        pooling: str | None = None,
+        template: str | None = None,
+        convert_to_numpy: bool = True,
+        convert_to_tensor: bool = False,
+    ) -> np.ndarray | torch.Tensor:
+        """Embed texts; returns (n, hidden_size) in input order (a 1D vector for one str).
+
+        ``pooling`` is ``gem`` (default), or ``mean``/``last`` over the plain text (the
+        baselines a decoder offers without GEM). ``template`` wraps each text, e.g.
+        ``'This sentence : "{text}" means in one word:"'``. An empty string is valid: its
+        embedding is that of the GEM tokens alone. Texts longer than ``max_length``
+        tokens (GEM tokens included) lose their end, never their GEM tokens.
+        """
+        single = isinstance(sentences, str)
+        texts = [sentences] if single else list(sentences)
+        for index, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise TypeError(f"sentences[{index}] is {type(text).__name__}, expected str")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        pooling = pooling or self.config.pooling
+        if pooling not in POOLING_MODES:
+            raise ValueError(f"pooling {pooling!r} is not one of {POOLING_MODES}")
+        max_length = max_length or self.config.max_length
+        if template is not None:
+            if "{text}" not in template:
+                raise ValueError(f"template must contain '{{text}}', got {template!r}")
+            texts = [template.replace("{text}", text) for text in texts]
+
+        rows = self._tokenize_for_embedding(texts, pooling, max_length)
+        order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))
+        if show_progress_bar is None:
+            show_progress_bar = len(texts) >= 256
+        from tqdm.auto import tqdm
+
+        vectors: list[torch.Tensor] = [None] * len(rows)  # type: ignore[list-item]
+        starts = range(0, len(order), batch_size)
+        for start in tqdm(starts, desc="Embedding", unit="batch", disable=not show_progress_bar):
+            batch = order[start : start + batch_size]
+            embedded = self._embed_rows([rows[i] for i in batch], pooling)
+            if normalize:
+                embedded = torch.nn.functional.normalize(embedded, dim=-1)
+            for index, vector in zip(batch, embedded):
+                vectors[index] = vector
+
+        if vectors:
+            result = torch.stack(vectors).float().cpu()
+        else:
+            result = torch.zeros((0, self.embedding_dim), dtype=torch.float32)
+        if single:
+            result = result[0]
+        if convert_to_tensor or not convert_to_numpy:
+            return result
+        return result.numpy()
+
+    def encode_query(self, queries: str | Sequence[str], instruction: str | None = None, **kwargs) -> np.ndarray | torch.Tensor:
+        """Embed search queries, optionally under a task instruction (``QUERY_TEMPLATE``)."""
+        if instruction:
+            kwargs["template"] = QUERY_TEMPLATE.replace("{instruction}", instruction)
+        return self.encode(queries, **kwargs)
+
+    def encode_document(self, documents: str | Sequence[str], instruction: str | None = None, **kwargs) -> np.ndarray | torch.Tensor:
+        """Embed documents, optionally after an instruction line (``DOCUMENT_TEMPLATE``)."""
+        if instruction:
+            kwargs["template"] = DOCUMENT_TEMPLATE.replace("{instruction}", instruction)
+        return self.encode(documents, **kwargs)
+
+    def _tokenize_for_embedding(self, texts: list[str], pooling: str, max_length: int) -> list[tuple[list[int], list[int]]]:
+        if not texts:
+            return []
+        room = max_length - (len(self.gem_token_ids) if pooling == "gem" else 0)
+        if room < 0:
+            raise ValueError(f"max_length {max_length} leaves no room for {len(self.gem_token_ids)} GEM tokens")
+        encoded = self.tokenizer(texts, add_special_tokens=True, truncation=True, max_length=max(room, 1))["input_ids"]
+        if pooling == "gem":
+            return [embedding_ids(ids[:room], self.gem_token_ids, max_length) for ids in encoded]
+        rows = [plain_ids(ids, max_length) for ids in encoded]
+        for index, (ids, _) in enumerate(rows):
+            if not ids:
+                raise ValueError(f"sentences[{index}] is empty; pooling {pooling!r} needs at least one token")
+        return rows
+
+    @torch.inference_mode()
+    def _embed_rows(self, rows: list[tuple[list[int], list[int]]], pooling: str) -> torch.Tensor:
+        input_ids, segment_ids = pad_batch(
+            [r[0] for r in rows], [r[1] for r in rows], self.tokenizer.pad_token_id, side="right"
+        )
+        hidden = self.hidden_states(input_ids.to(self.device), segment_ids.to(self.device))
+        return pool(hidden, segment_ids.to(hidden.device), pooling)
+
+    def hidden_states(self, input_ids: torch.Tensor, segment_ids: torch.Tensor) -> torch.Tensor:
+        """Final hidden states (batch, seq, hidden) under the GEM mask implied by ``segment_ids``."""
+        mask, position_ids = self.attention_inputs(segment_ids)
+        decoder = self._causal_lm.get_decoder()
+        output = decoder(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False)
+        return output.last_hidden_state
+
+    def forward(self, input_ids: torch.Tensor, segment_ids: torch.Tensor, **kwargs):
+        """The causal LM's forward pass under the GEM mask implied by ``segment_ids``."""
+        mask, position_ids = self.attention_inputs(segment_ids)
+        return self.model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, **kwargs)
+
+    __call__ = forward
+
+    def attention_inputs(self, segment_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``attention_mask`` and ``position_ids`` to pass for these segments.
+
+        A 2D padding mask when the GEM mask is plain causal (k = 1 embedding, plain text);
+        else a 4D mask, made additive for kernels that add it to the scores.
+        """
+        position_ids = position_ids_from_segments(segment_ids)
+        if not needs_custom_mask(segment_ids):
+            return (segment_ids != Segment.PAD).long(), position_ids
+        mask = build_gem_attention_mask(segment_ids)
+        if self._causal_lm.config._attn_implementation == "eager":
+            mask = to_additive_mask(mask, self._causal_lm.dtype)
+        return mask, position_ids
+
+    # ------------------------------------------------------------------ generation
+    def generate(self, inputs: str | Sequence[str] | torch.Tensor | None = None, **kwargs):
+        """The base model's ``generate``, with the GEM tokens suppressed.
+
+        Given a string (or list of strings) returns the decoded continuation(s); given
+        token ids (or ``input_ids=`` and friends) returns what transformers returns.
+        """
+        suppress = set(kwargs.pop("suppress_tokens", None) or []) | set(self.gem_token_ids)
+        kwargs["suppress_tokens"] = sorted(suppress)
+        kwargs.setdefault("pad_token_id", self.tokenizer.pad_token_id)
+        is_text = isinstance(inputs, str) or (
+            isinstance(inputs, Sequence) and not isinstance(inputs, torch.Tensor) and len(inputs) > 0
+            and all(isinstance(x, str) for x in inputs)
+        )
+        if not is_text:
+            if inputs is not None:
+                kwargs["input_ids"] = inputs
+            return self.model.generate(**kwargs)
+        prompts = [inputs] if isinstance(inputs, str) else list(inputs)
+        side = self.tokenizer.padding_side
+        self.tokenizer.padding_side = "left"  # new tokens must follow every prompt directly
+        try:
+            encoded = self.tokenizer(prompts, return_tensors="pt", padding=True).to(self.device)
+        finally:
+            self.tokenizer.padding_side = side
+        output = self.model.generate(**encoded, **kwargs)
+        continuations = self.tokenizer.batch_decode(
+            output[:, encoded["input_ids"].shape[1] :], skip_special_tokens=True
+        )
+        return continuations[0] if isinstance(inputs, str) else continuations
+
+
+def bnb_4bit_config(compute_dtype: torch.dtype | str = torch.float32):
+    """NF4 with double quantisation, the QLoRA setting."""
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise GEMError("load_in_4bit needs bitsandbytes: pip install 'gem-adapter[quant]'") from None
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=_as_dtype(compute_dtype),
+    )
+
+
+def _as_dtype(value: torch.dtype | str) -> torch.dtype:
+    if isinstance(value, torch.dtype):
+        return value
+    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    if value not in names:
+        raise GEMError(f"dtype {value!r} is not one of {sorted(names)}")
+    return names[value]
+
+
+def _check_adapter_folder(path: Path) -> None:
+    if not path.is_dir():
+        raise ModelResolutionError(f"adapter folder {path} does not exist; check the path")
+    missing = [name for name in ("adapter_config.json", "gem_config.json") if not (path / name).is_file()]
+    if missing:
+        raise ModelResolutionError(
+            f"adapter folder {path} lacks {', '.join(missing)}; it must be a folder written by `gem train`"
+        )

@@ -1,0 +1,104 @@
+"""Shared fixtures: tiny random Llama / Qwen2 / Qwen3 models and a byte-level tokenizer.
+
+Nothing here downloads anything. The models are built once per session from configs
+(hidden 32, 2 layers) and deep-copied per test, as transformers' own model tests do.
+Every test gets its own GEM_CACHE so no test reads or writes the user's cache; tests
+marked ``real_model`` use the real cache, so the default model is fetched only once.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+SHARED_DATA = Path(os.environ.get("GEM_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+ARCHITECTURES = ("llama", "qwen2", "qwen3")
+
+
+def make_tokenizer():
+    """A byte-level tokenizer with no merges: every UTF-8 byte is one token (vocab 257)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {char: index for index, char in enumerate(alphabet)}
+    vocab["<|endoftext|>"] = len(vocab)
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, eos_token="<|endoftext|>", pad_token="<|endoftext|>"
+    )
+
+
+def make_config(architecture: str, vocab_size: int = 257, tie: bool = False):
+    from transformers import LlamaConfig, Qwen2Config, Qwen3Config
+
+    common = dict(
+        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        tie_word_embeddings=tie, eos_token_id=256, pad_token_id=256, bos_token_id=None,
+    )
+    if architecture == "llama":
+        return LlamaConfig(**common)
+    if architecture == "qwen2":
+        return Qwen2Config(**common)
+    if architecture == "qwen3":
+        return Qwen3Config(head_dim=8, **common)
+    raise ValueError(architecture)
+
+
+def make_model(architecture: str, tie: bool = False, attn: str = "sdpa", seed: int = 0):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    config = make_config(architecture, tie=tie)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation=attn, dtype=torch.float32)
+    return model.eval()
+
+
+_MODEL_CACHE: dict[tuple, torch.nn.Module] = {}
+
+
+def tiny_model(architecture: str, tie: bool = False, attn: str = "sdpa"):
+    key = (architecture, tie, attn)
+    if key not in _MODEL_CACHE:
+        _MODEL_CACHE[key] = make_model(architecture, tie=tie, attn=attn)
+    return copy.deepcopy(_MODEL_CACHE[key])
+
+
+def tiny_gem(architecture: str = "llama", k: int = 1, tie: bool = False, attn: str = "sdpa", **config):
+    from gem_adapter import GEMConfig, GEMModel
+
+    return GEMModel(tiny_model(architecture, tie=tie, attn=attn), make_tokenizer(), GEMConfig(num_gem_tokens=k, **config))
+
+
+@pytest.fixture(params=ARCHITECTURES)
+def architecture(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def tokenizer():
+    return make_tokenizer()
+
+
+@pytest.fixture
+def tiny_model_folder(tmp_path) -> Path:
+    """A tiny Llama saved as a Hugging Face folder (model + tokenizer)."""
+    folder = tmp_path / "tiny-llama"
+    tiny_model("llama").save_pretrained(folder)
+    make_tokenizer().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(request, tmp_path, monkeypatch):
+    if request.node.get_closest_marker("real_model") is None:
+        monkeypatch.setenv("GEM_CACHE", str(tmp_path / "gem-cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    yield

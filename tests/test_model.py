@@ -1,0 +1,167 @@
+"""GEMModel.encode / generate / from_pretrained on tiny random models."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from gem_adapter import GEMConfig, GEMError, GEMModel, ModelResolutionError
+
+from conftest import tiny_gem
+
+TEXTS = [
+    "short",
+    "a somewhat longer sentence about guitars",
+    "",
+    "the stock market fell sharply today, analysts said",
+    "x",
+    "another one of medium length",
+]
+
+
+@pytest.fixture
+def gem():
+    return tiny_gem("llama", k=2)
+
+
+def test_empty_list_gives_zero_rows(gem):
+    out = gem.encode([])
+    assert out.shape == (0, 32) and out.dtype == np.float32
+
+
+def test_single_string_gives_a_vector(gem):
+    assert gem.encode("hello").shape == (32,)
+
+
+def test_order_is_input_order_whatever_the_batching(gem, architecture):
+    gem = tiny_gem(architecture, k=2)
+    together = gem.encode(TEXTS, batch_size=4)
+    one_by_one = np.stack([gem.encode(text) for text in TEXTS])
+    np.testing.assert_allclose(together, one_by_one, atol=1e-5)
+    reversed_order = gem.encode(TEXTS[::-1], batch_size=3)
+    np.testing.assert_allclose(reversed_order[::-1], together, atol=1e-5)
+
+
+@pytest.mark.parametrize("pooling", ["gem", "mean", "last"])
+def test_batch_size_one_and_32_agree(pooling):
+    gem = tiny_gem("qwen2", k=1)
+    texts = [t or "empty" for t in TEXTS] * 6
+    np.testing.assert_allclose(
+        gem.encode(texts, batch_size=1, pooling=pooling),
+        gem.encode(texts, batch_size=32, pooling=pooling),
+        atol=1e-5,
+    )
+
+
+def test_normalisation(gem):
+    normed = gem.encode(TEXTS)
+    np.testing.assert_allclose(np.linalg.norm(normed, axis=1), 1.0, atol=1e-6)
+    raw = gem.encode(TEXTS, normalize=False)
+    assert not np.allclose(np.linalg.norm(raw, axis=1), 1.0)
+    np.testing.assert_allclose(raw / np.linalg.norm(raw, axis=1, keepdims=True), normed, atol=1e-6)
+
+
+def test_tensor_output(gem):
+    out = gem.encode(TEXTS, convert_to_tensor=True)
+    assert isinstance(out, torch.Tensor) and out.shape == (len(TEXTS), 32)
+
+
+def test_poolings_differ(gem):
+    by_mode = {mode: gem.encode(TEXTS[:2], pooling=mode) for mode in ("gem", "mean", "last")}
+    assert not np.allclose(by_mode["gem"], by_mode["mean"])
+    assert not np.allclose(by_mode["gem"], by_mode["last"])
+
+
+def test_empty_string_is_embedded_from_gem_tokens_alone(gem):
+    vector = gem.encode("")
+    assert np.isfinite(vector).all() and abs(np.linalg.norm(vector) - 1) < 1e-6
+    with pytest.raises(ValueError, match=r"sentences\[0\] is empty"):
+        gem.encode([""], pooling="mean")
+
+
+def test_non_string_names_its_index(gem):
+    with pytest.raises(TypeError, match=r"sentences\[2\] is int"):
+        gem.encode(["a", "b", 3])
+
+
+def test_truncation_keeps_the_gem_tokens(gem):
+    long_text = "abcdefghij" * 20  # 200 byte tokens
+    seen = {}
+    original = gem._embed_rows
+
+    def spy(rows, pooling):
+        seen["rows"] = rows
+        return original(rows, pooling)
+
+    gem._embed_rows = spy
+    vector = gem.encode(long_text, max_length=16)
+    ids, _segments = seen["rows"][0]
+    assert len(ids) == 16 and ids[-2:] == gem.gem_token_ids
+    # Same as embedding the first 14 tokens' worth of text ourselves.
+    np.testing.assert_allclose(vector, gem.encode(long_text[:14], max_length=16), atol=1e-6)
+
+
+def test_template_and_instructions_change_the_text(gem):
+    plain = gem.encode("a cat")
+    assert np.allclose(gem.encode("a cat", template="{text}"), plain, atol=1e-6)
+    assert not np.allclose(gem.encode_query("a cat", instruction="Find pets"), plain)
+    assert np.allclose(gem.encode_document("a cat"), plain, atol=1e-6)
+    with pytest.raises(ValueError, match="must contain"):
+        gem.encode("a cat", template="no placeholder")
+
+
+def test_generate_never_emits_gem_tokens(gem):
+    # Make the GEM tokens the model's favourite next token.
+    with torch.no_grad():
+        gem.model.get_output_embeddings().weight[gem.gem_token_ids] *= 1000
+        gem.model.get_output_embeddings().bias = None
+    prompt = torch.tensor([[5, 6, 7]])
+    unsuppressed = gem.model.generate(prompt, max_new_tokens=5, do_sample=False, pad_token_id=256)
+    assert set(unsuppressed[0, 3:].tolist()) & set(gem.gem_token_ids)
+    output = gem.generate(prompt, max_new_tokens=5, do_sample=False)
+    assert not set(output[0].tolist()) & set(gem.gem_token_ids)
+    text = gem.generate(["hello", "hi"], max_new_tokens=4, do_sample=False)
+    assert isinstance(text, list) and len(text) == 2
+
+
+def test_generate_text_matches_token_generation(gem):
+    ids = gem.tokenizer("hello", return_tensors="pt").input_ids
+    tokens = gem.generate(ids, max_new_tokens=4, do_sample=False)
+    assert gem.generate("hello", max_new_tokens=4, do_sample=False) == gem.tokenizer.decode(tokens[0, ids.shape[1]:])
+
+
+def test_from_pretrained_folder(tiny_model_folder):
+    gem = GEMModel.from_pretrained(tiny_model_folder, config=GEMConfig(num_gem_tokens=2))
+    assert gem.encode(TEXTS).shape == (len(TEXTS), 32)
+    assert gem.tokenizer.convert_ids_to_tokens(gem.gem_token_ids) == ["<|gem_0|>", "<|gem_1|>"]
+
+
+def test_from_pretrained_refuses_unsupported_attention(tiny_model_folder):
+    with pytest.raises(GEMError, match="flash_attention_2"):
+        GEMModel.from_pretrained(tiny_model_folder, attn_implementation="flash_attention_2")
+
+
+def test_eager_and_sdpa_models_embed_alike(tiny_model_folder):
+    sdpa = GEMModel.from_pretrained(tiny_model_folder, config=GEMConfig(num_gem_tokens=2))
+    eager = GEMModel.from_pretrained(tiny_model_folder, config=GEMConfig(num_gem_tokens=2), attn_implementation="eager")
+    np.testing.assert_allclose(sdpa.encode(TEXTS), eager.encode(TEXTS), atol=1e-5)
+
+
+def test_missing_adapter_folder_is_named(tiny_model_folder, tmp_path):
+    with pytest.raises(ModelResolutionError, match="nowhere"):
+        GEMModel.from_pretrained(tiny_model_folder, adapter=tmp_path / "nowhere")
+    (tmp_path / "half").mkdir()
+    with pytest.raises(ModelResolutionError, match="lacks adapter_config.json"):
+        GEMModel.from_pretrained(tiny_model_folder, adapter=tmp_path / "half")
+
+
+def test_4bit_base_on_cpu(tiny_model_folder):
+    pytest.importorskip("bitsandbytes")
+    quantized = GEMModel.from_pretrained(tiny_model_folder, load_in_4bit=True)
+    full = GEMModel.from_pretrained(tiny_model_folder)
+    assert "Linear4bit" in type(quantized.model.model.layers[0].mlp.up_proj).__name__
+    q, f = quantized.encode(TEXTS), full.encode(TEXTS)
+    assert q.shape == f.shape and np.isfinite(q).all()
+    cosines = (q * f).sum(axis=1)
+    assert cosines.min() > 0.9, cosines  # NF4 error is small but not zero
