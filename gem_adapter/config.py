@@ -36,6 +36,10 @@ class GEMConfig:
         default="gem",
         metadata={"help": f"Default pooling of encode(): one of {POOLING_MODES}."},
     )
+    template: str | None = field(
+        default=None,
+        metadata={"help": "Default text template for encode(), with a {text} placeholder (None: the bare text)."},
+    )
     max_length: int = field(
         default=512,
         metadata={"help": "Tokens per text when embedding, GEM tokens included."},
@@ -73,6 +77,8 @@ class GEMConfig:
             raise GEMConfigError(
                 f"pooling {self.pooling!r} is not one of {POOLING_MODES}"
             )
+        if self.template is not None and "{text}" not in self.template:
+            raise GEMConfigError(f"template must contain '{{text}}', got {self.template!r}")
         if not isinstance(self.max_length, int) or self.max_length <= self.num_gem_tokens:
             raise GEMConfigError(
                 f"max_length must exceed num_gem_tokens ({self.num_gem_tokens}), got {self.max_length!r}"

@@ -84,3 +84,21 @@ def to_additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     zero = torch.zeros((), dtype=dtype, device=mask.device)
     blocked = torch.full((), torch.finfo(dtype).min, dtype=dtype, device=mask.device)
     return torch.where(mask, zero, blocked)
+
+
+def attention_inputs(
+    segment_ids: torch.Tensor, implementation: str, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``attention_mask`` and ``position_ids`` a transformers decoder needs for these segments.
+
+    A 2D padding mask when the GEM mask is plain causal (k = 1 embedding, plain text), which
+    every kernel accepts; else the 4D GEM mask, made additive for kernels that add the mask
+    to the scores (``eager``). Built where ``segment_ids`` live, i.e. on the model's device.
+    """
+    position_ids = position_ids_from_segments(segment_ids)
+    if not needs_custom_mask(segment_ids):
+        return (segment_ids != Segment.PAD).long(), position_ids
+    mask = build_gem_attention_mask(segment_ids)
+    if implementation == "eager":
+        mask = to_additive_mask(mask, dtype)
+    return mask, position_ids

@@ -23,13 +23,7 @@ import torch
 from .config import GEMConfig
 from .errors import GEMError, ModelResolutionError
 from .hub import resolve_base
-from .masking import (
-    Segment,
-    build_gem_attention_mask,
-    needs_custom_mask,
-    position_ids_from_segments,
-    to_additive_mask,
-)
+from .masking import attention_inputs
 from .pooling import POOLING_MODES, pool
 from .tokens import add_gem_tokens, embedding_ids, pad_batch, plain_ids
 
@@ -176,12 +170,12 @@ class GEMModel:
         if pooling not in POOLING_MODES:
             raise ValueError(f"pooling {pooling!r} is not one of {POOLING_MODES}")
         max_length = max_length or self.config.max_length
-        if template is not None:
-            if "{text}" not in template:
-                raise ValueError(f"template must contain '{{text}}', got {template!r}")
-            texts = [template.replace("{text}", text) for text in texts]
+        if template is None and pooling == "gem":
+            template = self.config.template
+        if template is not None and "{text}" not in template:
+            raise ValueError(f"template must contain '{{text}}', got {template!r}")
 
-        rows = self._tokenize_for_embedding(texts, pooling, max_length)
+        rows = self._tokenize_for_embedding(texts, pooling, max_length, template)
         order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))
         if show_progress_bar is None:
             show_progress_bar = len(texts) >= 256
@@ -219,20 +213,48 @@ class GEMModel:
             kwargs["template"] = DOCUMENT_TEMPLATE.replace("{instruction}", instruction)
         return self.encode(documents, **kwargs)
 
-    def _tokenize_for_embedding(self, texts: list[str], pooling: str, max_length: int) -> list[tuple[list[int], list[int]]]:
+    def _tokenize_for_embedding(
+        self, texts: list[str], pooling: str, max_length: int, template: str | None = None
+    ) -> list[tuple[list[int], list[int]]]:
+        """Token rows ``[specials] [template head] text [template tail] [GEM...]``.
+
+        The template's two halves are tokenised once, apart from the text, so truncation
+        cuts the text only: the template's tail (e.g. PromptEOL's 'means in one word')
+        and the GEM tokens survive any length.
+        """
         if not texts:
             return []
-        room = max_length - (len(self.gem_token_ids) if pooling == "gem" else 0)
+        head, tail = self._template_ids(template)
+        leading = self._leading_special_ids()
+        n_gem = len(self.gem_token_ids) if pooling == "gem" else 0
+        room = max_length - n_gem - len(leading) - len(head) - len(tail)
         if room < 0:
-            raise ValueError(f"max_length {max_length} leaves no room for {len(self.gem_token_ids)} GEM tokens")
-        encoded = self.tokenizer(texts, add_special_tokens=True, truncation=True, max_length=max(room, 1))["input_ids"]
-        if pooling == "gem":
-            return [embedding_ids(ids[:room], self.gem_token_ids, max_length) for ids in encoded]
-        rows = [plain_ids(ids, max_length) for ids in encoded]
-        for index, (ids, _) in enumerate(rows):
-            if not ids:
+            raise ValueError(
+                f"max_length {max_length} leaves no room for the text after {n_gem} GEM tokens and the template"
+            )
+        encoded = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        rows = []
+        for index, ids in enumerate(encoded):
+            text_ids = leading + head + ids[:room] + tail
+            if pooling == "gem":
+                rows.append(embedding_ids(text_ids, self.gem_token_ids, max_length))
+                continue
+            if not text_ids:
                 raise ValueError(f"sentences[{index}] is empty; pooling {pooling!r} needs at least one token")
+            rows.append(plain_ids(text_ids, max_length))
         return rows
+
+    def _template_ids(self, template: str | None) -> tuple[list[int], list[int]]:
+        if template is None:
+            return [], []
+        before, after = template.split("{text}", 1)
+        tokenize = lambda part: self.tokenizer(part, add_special_tokens=False)["input_ids"] if part else []  # noqa: E731
+        return tokenize(before), tokenize(after)
+
+    def _leading_special_ids(self) -> list[int]:
+        """What the tokenizer puts before any text (a BOS for Llama 3, nothing for SmolLM2/Qwen)."""
+        with_specials = self.tokenizer("", add_special_tokens=True)["input_ids"]
+        return [i for i in with_specials if i in self.tokenizer.all_special_ids]
 
     @torch.inference_mode()
     def _embed_rows(self, rows: list[tuple[list[int], list[int]]], pooling: str) -> torch.Tensor:
@@ -257,18 +279,9 @@ class GEMModel:
     __call__ = forward
 
     def attention_inputs(self, segment_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The ``attention_mask`` and ``position_ids`` to pass for these segments.
-
-        A 2D padding mask when the GEM mask is plain causal (k = 1 embedding, plain text);
-        else a 4D mask, made additive for kernels that add it to the scores.
-        """
-        position_ids = position_ids_from_segments(segment_ids)
-        if not needs_custom_mask(segment_ids):
-            return (segment_ids != Segment.PAD).long(), position_ids
-        mask = build_gem_attention_mask(segment_ids)
-        if self._causal_lm.config._attn_implementation == "eager":
-            mask = to_additive_mask(mask, self._causal_lm.dtype)
-        return mask, position_ids
+        """The ``attention_mask`` and ``position_ids`` to pass for these segments (see ``masking``)."""
+        config = self._causal_lm.config
+        return attention_inputs(segment_ids, config._attn_implementation, self._causal_lm.dtype)
 
     # ------------------------------------------------------------------ generation
     def generate(self, inputs: str | Sequence[str] | torch.Tensor | None = None, **kwargs):

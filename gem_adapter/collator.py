@@ -1,0 +1,108 @@
+"""The GEM collator: token chunks -> a padded batch of GEM and plain causal-LM samples.
+
+Each chunk becomes, with probability ``gem_fraction``, a **GEM sample** -- ``prefix, GEM...,
+suffix`` split at a random point, labels on the suffix only -- and otherwise a **plain
+sample** with ordinary next-token labels on every token ("mixed NTP"). With
+``contrastive=True`` it also emits two *views* of every chunk in embedding form
+(``text, GEM...``) for an InfoNCE term: two random crops (``view_mode="crop"``) or the same
+text twice, told apart by dropout alone (``"dropout"``), wrapped in the embedding template's token ids when one is set, exactly as
+``GEMModel.encode`` wraps texts.
+
+Randomness is a pure function of (seed, epoch, example index), never of a running RNG, so
+a run resumed from a checkpoint draws exactly what the uninterrupted run drew.
+
+Example (k = 1, GEM id 9, pad id 0; the chunk [5, 6, 7, 8] drawn as a GEM sample split
+after 2 tokens, the chunk [3, 4] drawn as plain)::
+
+    input_ids    [[5, 6, 9, 7, 8], [3, 4, 0, 0, 0]]
+    segment_ids  [[1, 1, 2, 3, 3], [1, 1, 0, 0, 0]]   # PREFIX=1 GEM=2 SUFFIX=3 PAD=0
+    labels       [[-100, -100, -100, 7, 8], [3, 4, -100, -100, -100]]
+
+Labels are unshifted, as in transformers: the loss predicts ``labels[t]`` from position
+``t - 1``, so the first suffix token is predicted from the last GEM token. The 4D mask is
+*not* built here: the trainer builds it from ``segment_ids`` on the model's device, which
+keeps the (seq x seq) tensor out of the data loader and out of any padding code path.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .masking import Segment
+from .tokens import embedding_ids, pad_batch, plain_ids, split_ids
+
+IGNORE_INDEX = -100
+VIEW_MODES: tuple[str, ...] = ("crop", "dropout")
+
+
+@dataclass
+class GEMCollator:
+    """Callable turning ``[{"input_ids": [...], "index": i}, ...]`` into model inputs."""
+
+    gem_token_ids: list[int]
+    pad_token_id: int
+    gem_fraction: float = 0.5
+    min_prefix_tokens: int = 4
+    min_suffix_tokens: int = 4
+    max_length: int = 128
+    seed: int = 0
+    contrastive: bool = False
+    view_mode: str = "crop"
+    min_crop_fraction: float = 0.6
+    view_head_ids: list[int] = field(default_factory=list)
+    view_tail_ids: list[int] = field(default_factory=list)
+    epoch: int = field(default=0, repr=False)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.gem_fraction <= 1.0:
+            raise ValueError(f"gem_fraction must lie in [0, 1], got {self.gem_fraction}")
+        if self.view_mode not in VIEW_MODES:
+            raise ValueError(f"view_mode {self.view_mode!r} is not one of {VIEW_MODES}")
+
+    def rng_for(self, index: int) -> random.Random:
+        # Seeding random.Random with a str is deterministic across processes (sha512 based).
+        return random.Random(f"gem-collator/{self.seed}/{self.epoch}/{index}")
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        sequences, segments, labels = [], [], []
+        views_a, views_b = [], []
+        for position, example in enumerate(examples):
+            ids = list(example["input_ids"])
+            rng = self.rng_for(int(example.get("index", position)))
+            long_enough = len(ids) >= self.min_prefix_tokens + self.min_suffix_tokens
+            if long_enough and rng.random() < self.gem_fraction:
+                seq, seg = split_ids(
+                    ids, self.gem_token_ids, rng, self.min_prefix_tokens, self.min_suffix_tokens, self.max_length
+                )
+                lab = [t if s == Segment.SUFFIX else IGNORE_INDEX for t, s in zip(seq, seg)]
+            else:
+                rng.random()  # keep the draw sequence the same length either way
+                seq, seg = plain_ids(ids, self.max_length)
+                lab = list(seq)
+            sequences.append(seq)
+            segments.append(seg)
+            labels.append(lab)
+            if self.contrastive:
+                for views in (views_a, views_b):
+                    text = self.view_head_ids + self._view(ids, rng) + self.view_tail_ids
+                    views.append(embedding_ids(text, self.gem_token_ids, self.max_length))
+
+        input_ids, segment_ids = pad_batch(sequences, segments, self.pad_token_id)
+        label_ids, _unused = pad_batch(labels, segments, IGNORE_INDEX)
+        batch = {"input_ids": input_ids, "segment_ids": segment_ids, "labels": label_ids}
+        if self.contrastive:
+            for name, views in (("view_a", views_a), ("view_b", views_b)):
+                ids, segs = pad_batch([v[0] for v in views], [v[1] for v in views], self.pad_token_id)
+                batch[f"{name}_input_ids"], batch[f"{name}_segment_ids"] = ids, segs
+        return batch
+
+    def _view(self, ids: list[int], rng: random.Random) -> list[int]:
+        if self.view_mode == "dropout" or len(ids) < 4:
+            return ids
+        length = rng.randint(max(2, round(self.min_crop_fraction * len(ids))), len(ids))
+        start = rng.randint(0, len(ids) - length)
+        return ids[start : start + length]

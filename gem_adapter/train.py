@@ -1,0 +1,200 @@
+"""``train(config)``: the whole GEM training job, from corpus to adapter folder.
+
+Order matters for the user: the output folder and the corpus are checked before any model
+is loaded, so a typo costs seconds, not a model load. The final adapter files are written
+to a temporary folder and renamed into the output folder one by one, ``gem_config.json``
+last: ``GEMModel`` refuses a folder without it, so a half-written adapter is never loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from .errors import GEMError
+from .recipes import RESOLVED_NAME, save_resolved
+from .training import (
+    LOSS_LOG,
+    SUMMARY,
+    EpochSetter,
+    GEMTrainer,
+    GEMTrainingConfig,
+    LossLogger,
+    complete_checkpoints,
+    write_adapter,
+)
+
+ADAPTER_FILES_LAST = "gem_config.json"
+
+
+def prepare_output_dir(output_dir: Path, resume: bool, overwrite: bool) -> Path | None:
+    """Refuse a used folder unless asked; return the checkpoint to resume from, if any."""
+    used = output_dir.exists() and any(output_dir.iterdir())
+    if resume:
+        checkpoints = complete_checkpoints(output_dir)
+        if not checkpoints:
+            raise GEMError(f"--resume: {output_dir} holds no complete checkpoint to resume from")
+        return checkpoints[-1]
+    if used:
+        if not overwrite:
+            raise GEMError(f"output folder {output_dir} exists and is not empty; pass --resume to continue it or --overwrite to replace it")
+        shutil.rmtree(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    return None
+
+
+def load_chunks(config: GEMTrainingConfig, tokenizer) -> tuple[list[list[int]], list[list[int]]]:
+    """Corpus -> (train chunks, held-out chunks), seeded; errors name the fix."""
+    from .data import make_chunks, read_texts, train_eval_split
+
+    if not config.data:
+        raise GEMError("no training data: set `data` in the recipe or pass --data PATH")
+    texts = read_texts(config.data, config.data_field)
+    random.Random(config.seed).shuffle(texts)
+    wanted = None if config.max_train_chunks is None else config.max_train_chunks + config.eval_chunks
+    chunks = make_chunks(texts, tokenizer, config.chunk_unit, config.min_chunk_tokens, config.max_chunk_tokens, limit=wanted)
+    needed = config.eval_chunks + config.per_device_train_batch_size
+    if len(chunks) < needed:
+        raise GEMError(
+            f"corpus {config.data} gives {len(chunks)} chunks of >= {config.min_chunk_tokens} tokens, "
+            f"fewer than eval_chunks + one batch ({needed}); add text or lower min_chunk_tokens / eval_chunks"
+        )
+    return train_eval_split(chunks, config.eval_chunks, config.seed, config.max_train_chunks)
+
+
+def build_peft_model(config: GEMTrainingConfig):
+    """Base model with GEM tokens, wrapped in LoRA with trainable GEM rows only."""
+    import torch
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import set_seed
+
+    from .model import GEMModel
+
+    gem = GEMModel.from_pretrained(
+        config.base_model, load_in_4bit=config.load_in_4bit, compute_dtype=config.bnb_compute_dtype,
+        dtype=None if config.load_in_4bit else (torch.bfloat16 if config.bf16 else torch.float32),
+        config=config.gem_config(),
+    )
+    model = gem.model
+    if config.load_in_4bit:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=bool(config.gradient_checkpointing))
+    lora = LoraConfig(
+        r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+        target_modules=config.lora_target_modules, task_type="CAUSAL_LM",
+        # Only the GEM rows of the embedding train (not the matrix, not modules_to_save);
+        # PEFT keeps a tied output matrix consistent with them.
+        trainable_token_indices=list(gem.gem_token_ids),
+    )
+    set_seed(config.seed)  # LoRA's A matrices are drawn here: same seed, same adapter
+    peft_model = get_peft_model(model, lora)
+    gem.model = peft_model
+    return gem
+
+
+def train(
+    config: GEMTrainingConfig, resume: bool = False, overwrite: bool = False, callbacks: list | None = None
+) -> Path:
+    """Run a GEM training job; return the output (adapter) folder.
+
+    ``callbacks`` are extra ``transformers.TrainerCallback`` objects (progress, early stop).
+    """
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+
+    from .hub import resolve_base
+
+    output_dir = Path(config.output_dir)
+    checkpoint = prepare_output_dir(output_dir, resume, overwrite)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_base(config.base_model))
+    train_chunks, eval_chunks = load_chunks(config, tokenizer)
+    started = time.time()
+
+    gem = build_peft_model(config)
+    collator = _collator(config, gem)
+    as_dataset = lambda chunks: Dataset.from_dict({"input_ids": chunks, "index": list(range(len(chunks)))})  # noqa: E731
+    trainer = GEMTrainer(
+        model=gem.model,
+        args=config,
+        train_dataset=as_dataset(train_chunks),
+        eval_dataset=as_dataset(eval_chunks) if eval_chunks else None,
+        data_collator=collator,
+        processing_class=gem.tokenizer,
+        callbacks=[EpochSetter(collator), LossLogger(output_dir), *(callbacks or [])],
+        gem_token_ids=gem.gem_token_ids,
+        gem_config=gem.config,
+    )
+    if checkpoint is not None:
+        _truncate_log(output_dir / LOSS_LOG, int(checkpoint.name.split("-")[-1]))
+    else:
+        (output_dir / LOSS_LOG).unlink(missing_ok=True)
+    save_resolved(config, output_dir / RESOLVED_NAME)
+    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    final_eval = trainer.evaluate() if eval_chunks else {}
+
+    save_adapter(gem, output_dir)
+    elapsed = time.time() - started
+    tokens = sum(len(c) for c in train_chunks)
+    summary = {
+        "train_runtime_s": round(elapsed, 1),
+        "global_step": result.global_step,
+        "train_loss": result.training_loss,
+        "final_eval": final_eval,
+        "train_chunks": len(train_chunks),
+        "eval_chunks": len(eval_chunks),
+        "train_tokens_per_epoch": tokens,
+        "train_tokens_seen": trainer.train_tokens_seen,
+        "tokens_per_second": round(trainer.train_tokens_seen / max(result.metrics.get("train_runtime", elapsed), 1e-9), 1),
+        "resumed_from": str(checkpoint) if checkpoint else None,
+    }
+    (output_dir / SUMMARY).write_text(json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
+    return output_dir
+
+
+def save_adapter(gem, output_dir: Path) -> None:
+    """Write the adapter into a staging folder, then rename its files into ``output_dir``."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=output_dir, prefix=".adapter-"))
+    try:
+        write_adapter(gem.model, gem.tokenizer, gem.config, staging)
+        names = sorted(p.name for p in staging.iterdir())
+        names.sort(key=lambda name: name == ADAPTER_FILES_LAST)  # the marker goes last
+        (output_dir / ADAPTER_FILES_LAST).unlink(missing_ok=True)
+        for name in names:
+            target = output_dir / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            os.replace(staging / name, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _collator(config: GEMTrainingConfig, gem):
+    from .collator import GEMCollator
+
+    head, tail = gem._template_ids(config.embed_template)
+    return GEMCollator(
+        gem_token_ids=gem.gem_token_ids,
+        pad_token_id=gem.tokenizer.pad_token_id,
+        gem_fraction=config.gem_fraction,
+        min_prefix_tokens=config.min_prefix_tokens,
+        min_suffix_tokens=config.min_suffix_tokens,
+        max_length=config.max_chunk_tokens + len(gem.gem_token_ids) + len(head) + len(tail),
+        seed=config.seed,
+        contrastive=config.contrastive_weight > 0,
+        view_mode=config.contrastive_view_mode,
+        view_head_ids=gem._leading_special_ids() + head,
+        view_tail_ids=tail,
+    )
+
+
+def _truncate_log(path: Path, last_step: int) -> None:
+    """Drop log records a killed run wrote after the checkpoint it resumes from."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= last_step]
+    path.write_text("".join(line + "\n" for line in kept))

@@ -1,0 +1,287 @@
+"""GEM training on TRL: ``GEMTrainingConfig`` (extends ``trl.SFTConfig``) and ``GEMTrainer``.
+
+The trainer adds behaviour only: a loss computed under the GEM mask (mixed next-token
+prediction, plus an optional InfoNCE term over GEM embeddings), separate logging of the
+loss parts, and checkpoints written to a staging folder and renamed into place. The
+training loop, optimiser, schedule, evaluation and resumption are TRL's / transformers'.
+
+``train(config)`` is the whole job: read and chunk the corpus (errors come before any
+model is loaded), load the base (optionally 4-bit NF4 for QLoRA), add GEM tokens, wrap it
+in a PEFT LoRA adapter whose only trainable embedding rows are the GEM tokens', train, and
+write the adapter folder (``adapter_config.json``, ``adapter_model.safetensors``, tokenizer,
+``gem_config.json``) plus ``loss_log.jsonl``, ``loss_curve.png`` and ``train_summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from trl import SFTConfig, SFTTrainer
+from transformers import TrainerCallback
+
+from . import __version__
+from .collator import IGNORE_INDEX, VIEW_MODES, GEMCollator
+from .config import GEMConfig
+from .data import CHUNK_UNITS
+from .errors import GEMConfigError, GEMError
+from .masking import Segment, attention_inputs
+from .pooling import pool
+
+LOSS_LOG = "loss_log.jsonl"
+LOSS_CURVE = "loss_curve.png"
+SUMMARY = "train_summary.json"
+
+
+@dataclass
+class GEMTrainingConfig(SFTConfig):
+    """TRL's SFTConfig plus the GEM fields. Recipes (YAML) set any field of either."""
+
+    base_model: str = field(default="smollm2-135m", metadata={"help": "Base model: alias, folder, .gguf or hub id."})
+    data: str | None = field(default=None, metadata={"help": "Training text: .txt, .jsonl, NLTK .zip, saved dataset, or a folder of them."})
+    data_field: str = field(default="text", metadata={"help": "Text field of JSONL / dataset sources."})
+    chunk_unit: str = field(default="sentence", metadata={"help": f"How text is cut into samples: {CHUNK_UNITS}."})
+    min_chunk_tokens: int = field(default=8, metadata={"help": "Shorter chunks are dropped."})
+    max_chunk_tokens: int = field(default=64, metadata={"help": "Longer chunks are cut."})
+    max_train_chunks: int | None = field(default=None, metadata={"help": "Train on at most this many chunks (a seeded sample)."})
+    eval_chunks: int = field(default=256, metadata={"help": "Chunks held out for the eval loss (0 disables eval)."})
+    num_gem_tokens: int = field(default=1, metadata={"help": "k, the number of GEM tokens."})
+    gem_fraction: float = field(default=0.5, metadata={"help": "Share of samples trained through the GEM bottleneck; the rest are plain NTP."})
+    min_prefix_tokens: int = field(default=4, metadata={"help": "Fewest tokens before the GEM tokens in a GEM sample."})
+    min_suffix_tokens: int = field(default=4, metadata={"help": "Fewest tokens after the GEM tokens in a GEM sample."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (scale = alpha / r)."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input."})
+    lora_target_modules: Any = field(default="all-linear", metadata={"help": "'all-linear' or a list of module names."})
+    load_in_4bit: bool = field(default=False, metadata={"help": "QLoRA: quantise the base to NF4 (bitsandbytes)."})
+    bnb_compute_dtype: str = field(default="float32", metadata={"help": "Dtype of 4-bit matmuls: float32, bfloat16, float16."})
+    contrastive_weight: float = field(default=0.0, metadata={"help": "Weight of the InfoNCE term; 0 is the paper's objective."})
+    contrastive_temperature: float = field(default=0.05, metadata={"help": "InfoNCE temperature."})
+    contrastive_view_mode: str = field(default="crop", metadata={"help": f"Positive pairs: {VIEW_MODES}."})
+    embed_template: str | None = field(default=None, metadata={"help": "Template ({text}) around texts before the GEM tokens, used in the contrastive views and saved as the adapter's encode default."})
+
+    def __post_init__(self) -> None:
+        # The GEM collator pads and builds masks itself: TRL must neither drop our columns
+        # nor tokenize/pad the data (a padded 4D mask there is slow; transformers#32101).
+        self.remove_unused_columns = False
+        self.dataset_kwargs = {**(self.dataset_kwargs or {}), "skip_prepare_dataset": True}
+        _check(self.chunk_unit in CHUNK_UNITS, "chunk_unit", self.chunk_unit, f"one of {CHUNK_UNITS}")
+        _check(self.contrastive_view_mode in VIEW_MODES, "contrastive_view_mode", self.contrastive_view_mode, f"one of {VIEW_MODES}")
+        _check(0.0 <= self.gem_fraction <= 1.0, "gem_fraction", self.gem_fraction, "a number in [0, 1]")
+        _check(self.contrastive_weight >= 0, "contrastive_weight", self.contrastive_weight, ">= 0")
+        _check(self.contrastive_temperature > 0, "contrastive_temperature", self.contrastive_temperature, "> 0")
+        _check(0 < self.min_chunk_tokens <= self.max_chunk_tokens, "min_chunk_tokens", self.min_chunk_tokens, f"in 1..max_chunk_tokens ({self.max_chunk_tokens})")
+        _check(self.lora_r >= 1, "lora_r", self.lora_r, ">= 1")
+        _check(self.eval_chunks >= 0, "eval_chunks", self.eval_chunks, ">= 0")
+        _check(self.embed_template is None or "{text}" in self.embed_template, "embed_template", self.embed_template, "a string containing {text}")
+        _check(self.bnb_compute_dtype in ("float32", "bfloat16", "float16"), "bnb_compute_dtype", self.bnb_compute_dtype, "float32, bfloat16 or float16")
+        if self.eval_chunks == 0:
+            self.eval_strategy = "no"
+        if self.bf16 is None:  # TRL would default to bf16 and refuse to start on a CPU
+            self.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+        super().__post_init__()
+        self.gem_config()  # validates num_gem_tokens and the prefix/suffix minimums
+
+    def gem_config(self) -> GEMConfig:
+        return GEMConfig(
+            num_gem_tokens=self.num_gem_tokens,
+            min_prefix_tokens=self.min_prefix_tokens,
+            min_suffix_tokens=self.min_suffix_tokens,
+            template=self.embed_template,
+            base_model=self.base_model,
+            library_version=__version__,
+        )
+
+
+def _check(ok: bool, name: str, value: Any, expected: str) -> None:
+    if not ok:
+        raise GEMConfigError(f"{name} must be {expected}, got {value!r}")
+
+
+class GEMTrainer(SFTTrainer):
+    """SFTTrainer whose loss runs through the GEM mask; see the module docstring."""
+
+    def __init__(self, *args, gem_token_ids: list[int], gem_config: GEMConfig | None = None, **kwargs):
+        self.gem_token_ids = list(gem_token_ids)
+        self.gem_config = gem_config
+        self.train_tokens_seen = 0  # real (non-padding) tokens of the NTP batches, for tokens/s
+        super().__init__(*args, **kwargs)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        mode = "train" if model.training else "eval"
+        causal_lm = _causal_lm(self.accelerator.unwrap_model(model))
+        decoder, lm_head = causal_lm.get_decoder(), causal_lm.get_output_embeddings()
+        implementation, dtype = causal_lm.config._attn_implementation, causal_lm.dtype
+
+        segment_ids, labels = inputs["segment_ids"], inputs["labels"]
+        mask, positions = attention_inputs(segment_ids, implementation, dtype)
+        hidden = decoder(input_ids=inputs["input_ids"], attention_mask=mask, position_ids=positions, use_cache=False).last_hidden_state
+        # Project only the positions that carry a label: GEM samples label their suffix
+        # alone, and the vocabulary projection is a large share of a small model's FLOPs.
+        targets = labels[:, 1:]
+        selected = targets != IGNORE_INDEX
+        logits = lm_head(hidden[:, :-1][selected]).float()
+        token_loss = torch.nn.functional.cross_entropy(logits, targets[selected], reduction="none")
+        denominator = num_items_in_batch if num_items_in_batch is not None else selected.sum()
+        loss = token_loss.sum() / torch.as_tensor(denominator, device=token_loss.device).clamp(min=1)
+
+        is_gem_row = (segment_ids == Segment.GEM).any(dim=1, keepdim=True).expand_as(targets)[selected]
+        metrics = self._metrics[mode]
+        if mode == "train":
+            self.train_tokens_seen += int((segment_ids != Segment.PAD).sum())
+        if is_gem_row.any():
+            metrics["loss_gem_ntp"].append(token_loss[is_gem_row].mean().item())
+        if (~is_gem_row).any():
+            metrics["loss_plain_ntp"].append(token_loss[~is_gem_row].mean().item())
+
+        if self.args.contrastive_weight > 0 and "view_a_input_ids" in inputs:
+            contrastive = self._info_nce(decoder, implementation, dtype, inputs)
+            metrics["loss_contrastive"].append(contrastive.item())
+            if num_items_in_batch is not None:  # the NTP part is already averaged over accumulation
+                contrastive = contrastive / self.current_gradient_accumulation_steps
+            loss = loss + self.args.contrastive_weight * contrastive
+        return (loss, {"loss": loss}) if return_outputs else loss
+
+    def _info_nce(self, decoder, implementation, dtype, inputs) -> torch.Tensor:
+        embeddings = []
+        for view in ("view_a", "view_b"):
+            segments = inputs[f"{view}_segment_ids"]
+            mask, positions = attention_inputs(segments, implementation, dtype)
+            hidden = decoder(input_ids=inputs[f"{view}_input_ids"], attention_mask=mask, position_ids=positions, use_cache=False).last_hidden_state
+            embeddings.append(torch.nn.functional.normalize(pool(hidden, segments, "gem").float(), dim=-1))
+        similarity = embeddings[0] @ embeddings[1].T / self.args.contrastive_temperature
+        target = torch.arange(similarity.shape[0], device=similarity.device)
+        return 0.5 * (
+            torch.nn.functional.cross_entropy(similarity, target)
+            + torch.nn.functional.cross_entropy(similarity.T, target)
+        )
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Save a loadable adapter folder: LoRA + GEM rows, tokenizer, gem_config.json.
+
+        Every checkpoint is then an adapter ``GEMModel.from_pretrained`` can load, and
+        none carries a copy of the resized embedding matrix (PEFT's default here).
+        """
+        output_dir = output_dir or self.args.output_dir
+        write_adapter(self.accelerator.unwrap_model(self.model), self.processing_class, self.gem_config, Path(output_dir))
+        torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+
+    def _save_checkpoint(self, model, trial):
+        """Write the checkpoint into a staging folder, then rename it into place.
+
+        A run killed while saving leaves only the staging folder, which resumption
+        ignores, so it always resumes from a complete checkpoint.
+        """
+        output_dir = self.args.output_dir
+        staging = Path(output_dir) / ".staging"
+        shutil.rmtree(staging, ignore_errors=True)
+        self.args.output_dir = str(staging)
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.output_dir = output_dir
+        name = f"checkpoint-{self.state.global_step}"
+        final = Path(output_dir) / name
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(staging / name, final)
+        shutil.rmtree(staging, ignore_errors=True)
+        if self.args.save_total_limit:
+            for old in complete_checkpoints(output_dir)[: -self.args.save_total_limit]:
+                shutil.rmtree(old, ignore_errors=True)
+
+
+def write_adapter(model, tokenizer, gem_config: GEMConfig | None, folder: Path) -> None:
+    """The files of an adapter folder, written into ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    # save_embedding_layers=False: the GEM rows travel as PEFT trainable-token values;
+    # the full (resized) embedding matrix would make the adapter ~20x larger.
+    model.save_pretrained(folder, save_embedding_layers=False)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
+    if gem_config is not None:
+        gem_config.base_fingerprint = base_fingerprint(_causal_lm(model).config)
+        gem_config.save(folder)
+
+
+def base_fingerprint(model_config) -> str:
+    """A short hash of the architecture fields an adapter depends on."""
+    import hashlib
+
+    keys = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads",
+            "num_key_value_heads", "intermediate_size", "head_dim")
+    fields = {key: getattr(model_config, key, None) for key in keys}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _causal_lm(model):
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+def complete_checkpoints(output_dir: str | Path) -> list[Path]:
+    """Checkpoint folders in step order (staging folders are never listed)."""
+    folder = Path(output_dir)
+    found = [p for p in folder.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
+
+
+class EpochSetter(TrainerCallback):
+    """Tells the collator the epoch, so each epoch draws new split points."""
+
+    def __init__(self, collator: GEMCollator):
+        self.collator = collator
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.collator.epoch = int(state.epoch or 0)
+
+
+class LossLogger(TrainerCallback):
+    """Appends every log record to ``loss_log.jsonl``; draws ``loss_curve.png`` at the end."""
+
+    def __init__(self, output_dir: str | Path):
+        self.path = Path(output_dir) / LOSS_LOG
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            record = {"step": state.global_step, "epoch": state.epoch, **logs}
+            with self.path.open("a") as handle:
+                handle.write(json.dumps(record) + "\n")
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            plot_loss_curve(self.path, self.path.parent / LOSS_CURVE)
+
+
+def plot_loss_curve(log_path: Path, png_path: Path) -> None:
+    """Training and eval loss (and their parts) against the step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()] if log_path.exists() else []
+    series: dict[str, list[tuple[int, float]]] = {}
+    for record in records:
+        for key in ("loss", "eval_loss", "loss_gem_ntp", "loss_plain_ntp", "loss_contrastive", "eval_loss_gem_ntp"):
+            if isinstance(record.get(key), (int, float)):
+                series.setdefault(key, []).append((record["step"], record[key]))
+    figure, axis = plt.subplots(figsize=(7, 4))
+    for key, points in series.items():
+        steps, values = zip(*points)
+        axis.plot(steps, values, marker="o" if key.startswith("eval") else None, markersize=3, label=key)
+    axis.set_xlabel("step")
+    axis.set_ylabel("loss")
+    axis.set_title("GEM training")
+    if series:
+        axis.legend()
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(png_path, dpi=100)
+    plt.close(figure)

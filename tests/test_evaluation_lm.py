@@ -1,0 +1,127 @@
+"""LM-preservation metrics on tiny random models, checked against hand computations."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from conftest import SHARED_DATA, tiny_gem
+from gem_adapter.errors import GEMConfigError
+from gem_adapter.evaluation import lm
+from gem_adapter.evaluation.tasks import MissingDataError
+
+needs_data = pytest.mark.skipif(not (SHARED_DATA / "README.md").is_file(), reason=f"no evaluation data at {SHARED_DATA}")
+
+
+def token_logprobs(gem, ids: list[int]) -> torch.Tensor:
+    """log P(ids[p] | ids[:p]) for p >= 1, GEM tokens excluded from the softmax, by hand."""
+    with torch.no_grad():
+        logits = gem.model(input_ids=torch.tensor([ids])).logits[0].float()
+    logits[:, gem.gem_token_ids] = float("-inf")
+    logprobs = torch.log_softmax(logits, dim=-1)
+    return torch.stack([logprobs[p - 1, ids[p]] for p in range(1, len(ids))])
+
+
+def ids_of(gem, text: str) -> list[int]:
+    return gem.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+@pytest.mark.parametrize("architecture", ["llama", "qwen3"])
+def test_loglikelihood_is_the_sum_of_continuation_log_softmax(architecture):
+    gem = tiny_gem(architecture)
+    context, continuation = ids_of(gem, "The cat sat"), ids_of(gem, " on the mat")
+    by_hand = token_logprobs(gem, context + continuation)[len(context) - 1 :].sum()
+    (score,) = lm.loglikelihood(gem, [("The cat sat", " on the mat")])
+    assert score == pytest.approx(float(by_hand), abs=1e-4)
+
+
+def test_gem_tokens_are_excluded_from_the_distribution():
+    gem = tiny_gem("llama")
+    assert gem.gem_token_ids == [257]  # vocabulary: 257 byte-level tokens, then the GEM token
+    (row,) = lm._score_items(gem, [(ids_of(gem, "ab"), [[i] for i in range(258)])])
+    assert row[257] == float("-inf")
+    assert sum(math.exp(s) for s in row[:257]) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_single_token_fast_path_prefix_cache_and_truncation_agree_with_plain_scoring():
+    gem = tiny_gem("llama")
+    items = [("Question one?", [" A", " B", " C"]), ("Second, longer question here", [" A", " BB", " yes"])]
+    prefix = "Header line.\n\n"
+    cached = lm.choice_loglikelihoods(gem, items, prefix=prefix, batch_size=2)
+    plain = lm.choice_loglikelihoods(gem, [(prefix + c, xs) for c, xs in items], batch_size=5)
+    by_hand = [[lm.loglikelihood(gem, [(prefix + c, x)])[0] for x in xs] for c, xs in items]
+    for scores in (cached, plain):
+        for row, expected in zip(scores, by_hand):
+            assert row == pytest.approx(expected, abs=1e-4)
+    # the byte-level tokenizer makes every character a token; the tiny model has 512 positions
+    long_context = "x" * 600 + " end"
+    (score,) = lm.loglikelihood(gem, [(long_context, " tail")])
+    ids = ids_of(gem, long_context + " tail")[-512:]
+    assert score == pytest.approx(float(token_logprobs(gem, ids)[-5:].sum()), abs=1e-4)
+
+
+def test_perplexity_of_a_text_in_one_window_is_exp_mean_nll():
+    gem = tiny_gem("qwen2")
+    text = "A short text to score."
+    result = lm.perplexity(gem, text, max_length=64, stride=32)
+    nll = -token_logprobs(gem, ids_of(gem, text)).mean()
+    assert result["tokens_scored"] == len(text) - 1 and result["windows"] == 1
+    assert result["perplexity"] == pytest.approx(math.exp(float(nll)), rel=1e-4)
+
+
+def test_sliding_window_scores_each_token_once_with_its_window_context():
+    gem = tiny_gem("llama")
+    text = "0123456789"  # 10 tokens; window 4, stride 2
+    assert lm.sliding_windows(10, 4, 2) == [(0, 4, 1), (2, 6, 4), (4, 8, 6), (6, 10, 8)]
+    ids = ids_of(gem, text)
+    window_start = {1: 0, 2: 0, 3: 0, 4: 2, 5: 2, 6: 4, 7: 4, 8: 6, 9: 6}
+    nll = [-float(token_logprobs(gem, ids[window_start[p] : p + 1])[-1]) for p in range(1, 10)]
+    result = lm.perplexity(gem, text, max_length=4, stride=2, batch_size=3)
+    assert result["tokens_scored"] == 9 and result["windows"] == 4
+    assert result["perplexity"] == pytest.approx(math.exp(sum(nll) / 9), rel=1e-4)
+    # stride == window: disjoint chunks, the first token of each chunk has no context and is skipped
+    assert lm.sliding_windows(10, 4, 4) == [(0, 4, 1), (4, 8, 5), (8, 10, 9)]
+    assert lm.perplexity(gem, text, max_length=4, stride=4)["tokens_scored"] == 7
+    with pytest.raises(GEMConfigError, match="stride must be between 1 and max_length"):
+        lm.sliding_windows(10, 4, 5)
+
+
+def test_accuracy_and_length_normalised_accuracy(monkeypatch):
+    # choice 0 has the higher sum, choice 1 the higher sum per character
+    monkeypatch.setattr(lm, "choice_loglikelihoods", lambda gem, items, **kw: [[-4.0, -5.0] for _ in items])
+    items = [("q", ["ab", "abcdefghij"], 1), ("q", ["ab", "abcdefghij"], 0)]
+    result = lm._accuracy(items, None, 8, "test", False, "note")
+    assert (result["acc"], result["acc_norm"], result["n"]) == (0.5, 0.5, 2)
+    items = [("q", ["ab", "abcdefghij"], 1)] * 3
+    assert lm._accuracy(items, None, 8, "test", False, "")["acc_norm"] == 1.0
+
+
+@needs_data
+def test_mmlu_of_a_random_model_is_chance():
+    # 57 subjects x 6 questions, 0-shot; a random model picks (nearly) one letter, so its
+    # accuracy is that letter's share of the answers: 25% +- 8 points (>3 standard errors).
+    result = lm.evaluate_mmlu(tiny_gem("llama"), SHARED_DATA, limit_per_subject=6, num_shots=0, show_progress=False)
+    assert result["n"] == 57 * 6 and 0.17 <= result["acc"] <= 0.33
+    assert "342 questions over 57 of 57 subjects, up to 6 per subject (seed 0), 0-shot" == result["note"]
+
+
+@needs_data
+def test_lm_benchmarks_parse_their_files():
+    gem = tiny_gem("llama")
+    arc = lm.evaluate_arc_easy(gem, SHARED_DATA, limit=4, show_progress=False)
+    hellaswag = lm.evaluate_hellaswag(gem, SHARED_DATA, limit=4, show_progress=False)
+    assert arc["n"] == hellaswag["n"] == 4 and "4 of 2,376 questions" in arc["note"]
+    assert "4 of 10,042 items" in hellaswag["note"]
+    wikitext = lm.evaluate_wikitext2(gem, SHARED_DATA, max_length=32, stride=16, max_tokens=100, show_progress=False)
+    assert wikitext["tokens_scored"] == 99 and wikitext["perplexity"] > 1
+    assert len(lm.mmlu_subjects(SHARED_DATA)) == 57
+
+
+def test_missing_lm_files_raise_the_named_error(tmp_path):
+    gem = tiny_gem("llama")
+    with pytest.raises(MissingDataError, match="lm/arc_easy/arc_easy.jsonl, which does not exist"):
+        lm.evaluate_arc_easy(gem, tmp_path)
+    with pytest.raises(MissingDataError, match="MMLU needs the folder .*mmlu/test"):
+        lm.evaluate_mmlu(gem, tmp_path)
