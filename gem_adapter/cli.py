@@ -51,19 +51,9 @@ def read_texts(path: Path, field: str = "text") -> list[str]:
     if not path.is_file():
         raise GEMError(f"input file {path} does not exist")
     if path.suffix == ".jsonl":
-        texts = []
-        with path.open(encoding="utf-8") as handle:
-            for number, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise GEMError(f"{path}:{number} is not valid JSON ({exc.msg})") from None
-                if not isinstance(record, dict) or not isinstance(record.get(field), str):
-                    raise GEMError(f"{path}:{number} has no string field {field!r}; use --field to name it")
-                texts.append(record[field])
-        return texts
+        from .data import read_jsonl
+
+        return read_jsonl(path, field)
     return path.read_text(encoding="utf-8").splitlines()
 
 
@@ -181,6 +171,15 @@ def info() -> None:
         click.echo(f"{package}: {version}")
     click.echo(f"cache: {cache_dir()}")
     click.echo(f"default model {alias_status(DEFAULT_MODEL)}")
+
+
+def _register_eval() -> None:
+    from .evaluation.command import eval_command
+
+    main.add_command(eval_command, "eval")
+
+
+_register_eval()
 
 
 if __name__ == "__main__":

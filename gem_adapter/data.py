@@ -31,7 +31,7 @@ def read_texts(path: str | Path, field: str = "text") -> list[str]:
     if not path.exists():
         raise GEMError(f"training data {path} does not exist; pass --data with a .txt, .jsonl, .zip or folder")
     if path.is_dir():
-        if (path / "dataset_info.json").is_file() or (path / "state.json").is_file():
+        if any((path / name).is_file() for name in ("dataset_info.json", "state.json", "dataset_dict.json")):
             return _read_saved_dataset(path, field)
         texts: list[str] = []
         for child in sorted(path.rglob("*")):
@@ -39,7 +39,7 @@ def read_texts(path: str | Path, field: str = "text") -> list[str]:
                 texts.extend(read_texts(child, field))
         return texts
     if path.suffix == ".jsonl":
-        return _read_jsonl(path, field)
+        return read_jsonl(path, field)
     if path.suffix == ".zip":
         return _read_corpus_zip(path)
     return _paragraphs(path.read_text(encoding="utf-8", errors="replace"))
@@ -74,10 +74,13 @@ def make_chunks(
         sentences = split_sentences(text)
         if not sentences:
             continue
-        encoded = tokenizer(sentences, add_special_tokens=False)["input_ids"]
         if unit == "sentence":
+            encoded = tokenizer(sentences, add_special_tokens=False)["input_ids"]
             chunks.extend(ids[:max_tokens] for ids in encoded if len(ids) >= min_tokens)
             continue
+        # Sentences after the first keep the space that separated them in the text.
+        spaced = sentences[:1] + [" " + s for s in sentences[1:]]
+        encoded = tokenizer(spaced, add_special_tokens=False)["input_ids"]
         current: list[int] = []
         for ids in encoded:
             if current and len(current) + len(ids) > max_tokens:
@@ -107,7 +110,8 @@ def _paragraphs(text: str) -> list[str]:
     return [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
 
 
-def _read_jsonl(path: Path, field: str) -> list[str]:
+def read_jsonl(path: Path, field: str = "text") -> list[str]:
+    """The string ``field`` of every non-blank line of a JSONL file."""
     texts = []
     with path.open(encoding="utf-8") as handle:
         for number, line in enumerate(handle, 1):
@@ -119,7 +123,7 @@ def _read_jsonl(path: Path, field: str) -> list[str]:
                 raise GEMError(f"{path}:{number} is not valid JSON ({exc.msg})") from None
             value = record.get(field) if isinstance(record, dict) else None
             if not isinstance(value, str):
-                raise GEMError(f"{path}:{number} has no string field {field!r}")
+                raise GEMError(f"{path}:{number} has no string field {field!r}; name the text field (--field, data_field)")
             texts.append(value)
     return texts
 

@@ -40,7 +40,7 @@ def test_embed_jsonl_field_option(runner, tiny_model_folder, tmp_path):
     output = tmp_path / "e.npy"
     args = ["embed", "--base", str(tiny_model_folder), "--input", str(source), "--output", str(output)]
     result = runner.invoke(main, args)
-    assert result.exit_code == 1 and "has no string field 'text'; use --field" in result.output
+    assert result.exit_code == 1 and "has no string field 'text'; name the text field (--field" in result.output
     assert runner.invoke(main, args + ["--field", "body"]).exit_code == 0
     assert np.load(output).shape == (2, 32)
 
