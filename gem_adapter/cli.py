@@ -7,7 +7,6 @@ every command fails with one line that names the problem and the fix.
 from __future__ import annotations
 
 import functools
-import json
 import os
 import sys
 import tempfile

@@ -202,16 +202,23 @@ class GEMModel:
         return result.numpy()
 
     def encode_query(self, queries: str | Sequence[str], instruction: str | None = None, **kwargs) -> np.ndarray | torch.Tensor:
-        """Embed search queries, optionally under a task instruction (``QUERY_TEMPLATE``)."""
+        """Embed search queries, optionally under a task instruction (``QUERY_TEMPLATE``).
+
+        The instruction goes inside the adapter's own template, if it has one.
+        """
         if instruction:
-            kwargs["template"] = QUERY_TEMPLATE.replace("{instruction}", instruction)
+            kwargs["template"] = self._inside_template(QUERY_TEMPLATE.replace("{instruction}", instruction))
         return self.encode(queries, **kwargs)
 
     def encode_document(self, documents: str | Sequence[str], instruction: str | None = None, **kwargs) -> np.ndarray | torch.Tensor:
         """Embed documents, optionally after an instruction line (``DOCUMENT_TEMPLATE``)."""
         if instruction:
-            kwargs["template"] = DOCUMENT_TEMPLATE.replace("{instruction}", instruction)
+            kwargs["template"] = self._inside_template(DOCUMENT_TEMPLATE.replace("{instruction}", instruction))
         return self.encode(documents, **kwargs)
+
+    def _inside_template(self, inner: str) -> str:
+        outer = self.config.template
+        return inner if outer is None else outer.replace("{text}", inner)
 
     def _tokenize_for_embedding(
         self, texts: list[str], pooling: str, max_length: int, template: str | None = None

@@ -134,7 +134,10 @@ def train(
         (output_dir / LOSS_LOG).unlink(missing_ok=True)
     save_resolved(config, output_dir / RESOLVED_NAME)
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    final_eval = trainer.evaluate() if eval_chunks else {}
+    final_eval = {}
+    if eval_chunks:
+        at_end = [r for r in trainer.state.log_history if "eval_loss" in r and r.get("step") == result.global_step]
+        final_eval = at_end[-1] if at_end else trainer.evaluate()  # no second pass over the same step
 
     save_adapter(gem, output_dir)
     elapsed = time.time() - started

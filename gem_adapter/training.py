@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ from . import __version__
 from .collator import IGNORE_INDEX, VIEW_MODES, GEMCollator
 from .config import GEMConfig
 from .data import CHUNK_UNITS
-from .errors import GEMConfigError, GEMError
+from .errors import GEMConfigError
 from .masking import Segment, attention_inputs
 from .pooling import pool
 

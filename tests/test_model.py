@@ -165,3 +165,15 @@ def test_4bit_base_on_cpu(tiny_model_folder):
     assert q.shape == f.shape and np.isfinite(q).all()
     cosines = (q * f).sum(axis=1)
     assert cosines.min() > 0.9, cosines  # NF4 error is small but not zero
+
+
+def test_adapter_template_is_the_default_and_wraps_instructions():
+    wrapped = tiny_gem("llama", k=1, template='Say "{text}" now')
+    plain = tiny_gem("llama", k=1)
+    np.testing.assert_allclose(wrapped.encode("a cat"), plain.encode('Say "a cat" now'), atol=1e-6)
+    np.testing.assert_allclose(
+        wrapped.encode_query("a cat", instruction="Find pets"),
+        plain.encode('Say "Instruct: Find pets\nQuery: a cat" now'), atol=1e-6,
+    )
+    # Baseline poolings read the bare text: the template belongs to the GEM embedding.
+    np.testing.assert_allclose(wrapped.encode("a cat", pooling="mean"), plain.encode("a cat", pooling="mean"), atol=1e-6)

@@ -26,7 +26,8 @@ def _names(value: str | None) -> list[str] | None:
 @click.option("--adapter", type=click.Path(path_type=Path), default=None,
               help="GEM adapter folder (from `gem train`); without it the GEM row is untrained.")
 @click.option("--suite", type=click.Choice(["quick", "full"]), default="quick", show_default=True,
-              help="quick: seeded subsets stated in the report (about 10 min on 2 CPU cores); full: everything.")
+              help="quick: seeded subsets stated in the report (sized for <= 15 min with smollm2-135m "
+                   "on 2 CPU cores); full: everything.")
 @click.option("--tasks", default=None, metavar="LIST",
               help="Comma list of STSBenchmark,SICK-R,Banking77Classification,SciFact,MMLU,ARC-Easy,HellaSwag,"
                    "WikiText-2 (default: all).")

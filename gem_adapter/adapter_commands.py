@@ -1,0 +1,152 @@
+"""``gem merge``, ``gem stack``, ``gem swap`` and ``gem inspect``: thin click layers over ``adapters``.
+
+Register them on the ``gem`` group with ``main.add_command(merge_command)`` etc. Library
+errors (``GEMError``) become one-line ``click.ClickException`` messages here.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import click
+
+from .errors import GEMError
+
+_DTYPES = click.Choice(["float32", "bfloat16", "float16"])
+_METHODS = click.Choice(["linear", "cat", "svd", "ties", "dare_ties", "dare_linear"])
+
+
+def _library_errors(command):
+    """Library and input errors -> one-line CLI errors (exit code 1)."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except (GEMError, ValueError) as exc:
+            raise click.ClickException(str(exc)) from None
+
+    return wrapper
+
+
+def _echo_lines(lines: list[str]) -> None:
+    for line in lines:
+        click.echo(line)
+
+
+@click.command("merge")
+@click.option("--base", default=None, help="Base model (folder, .gguf, hub id, alias). Default: the adapter's recorded base.")
+@click.option("--adapter", required=True, type=click.Path(path_type=Path), help="GEM adapter folder (gem train / stack / swap).")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder for the merged checkpoint.")
+@click.option("--dtype", type=_DTYPES, default="float32", show_default=True, help="Dtype of the saved weights (merging is float32).")
+@click.option("--force", is_flag=True, help="Replace an existing output folder.")
+@click.option("--allow-pickle", is_flag=True, help="Accept an adapter_model.bin pickle (only from a source you trust).")
+@click.option("--json", "as_json", is_flag=True, help="Print the merge report as JSON.")
+@_library_errors
+def merge_command(base, adapter, out, dtype, force, allow_pickle, as_json) -> None:
+    """Fold a GEM adapter (LoRA + GEM rows) into a standalone checkpoint.
+
+    The base is loaded in full precision even for an adapter trained on a 4-bit base.
+    The result loads with AutoModelForCausalLM and GEMModel; with k = 1 any last-token
+    pooler on TEXT + "<|gem_0|>" gives the GEM embedding.
+
+    \b
+    Examples:
+      gem merge --base smollm2-135m --adapter runs/gem --out merged/
+      gem merge --adapter runs/llama --out merged-llama --dtype bfloat16
+    """
+    from .adapters import merge
+
+    report = merge(base, adapter, out, dtype=dtype, force=force, allow_pickle=allow_pickle)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        _echo_lines(report.lines())
+
+
+@click.command("stack")
+@click.option("--base", required=True, help="Base model the adapters were trained on.")
+@click.option("--adapter", "adapters", multiple=True, required=True, metavar="NAME=FOLDER",
+              help="An adapter to combine (repeat; at least two, one of them a GEM adapter).")
+@click.option("--weights", default=None, help="Comma-separated weights, one per --adapter (default: all 1).")
+@click.option("--method", type=_METHODS, default="linear", show_default=True, help="PEFT combination type.")
+@click.option("--density", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="Kept fraction for ties / dare_* (default 0.5).")
+@click.option("--svd-rank", type=click.IntRange(min=1), default=None, help="Rank of the svd result (default: largest input rank).")
+@click.option("--gem-rows-from", default=None, help="Which GEM adapter's GEM rows to keep, if several.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of dare_* random pruning.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder for the combined adapter.")
+@click.option("--force", is_flag=True, help="Replace an existing output folder.")
+@click.option("--allow-pickle", is_flag=True, help="Accept adapter_model.bin pickles (only from sources you trust).")
+@_library_errors
+def stack_command(base, adapters, weights, method, density, svd_rank, gem_rows_from, seed, out, force, allow_pickle) -> None:
+    """Combine a GEM adapter with other LoRAs into one GEM adapter (GEM rows kept).
+
+    \b
+    Examples:
+      gem stack --base ./llama --adapter gem=runs/gem --adapter style=./style-lora --out stacked
+      gem stack --base ./llama --adapter gem=runs/gem --adapter code=./code-lora --weights 1,0.5 --method cat --out s2
+    """
+    from .adapters import parse_weights, stack
+
+    named = {}
+    for item in adapters:
+        name, sep, folder = item.partition("=")
+        if not sep or not name or not folder:
+            raise click.UsageError(f"--adapter {item!r} must be NAME=FOLDER, e.g. --adapter gem=runs/gem")
+        if name in named:
+            raise click.UsageError(f"adapter name {name!r} is given twice; names must differ")
+        named[name] = Path(folder)
+    report = stack(base, named, out, weights=parse_weights(weights, len(named)), method=method, force=force,
+                   allow_pickle=allow_pickle, density=density, svd_rank=svd_rank, gem_rows_from=gem_rows_from, seed=seed)
+    _echo_lines(report.lines())
+
+
+@click.command("swap")
+@click.option("--base", required=True, help="The new base: same architecture and vocabulary as the adapter's.")
+@click.option("--adapter", required=True, type=click.Path(path_type=Path), help="GEM adapter trained on another checkpoint.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder for the re-targeted adapter.")
+@click.option("--merge", "merge_model", is_flag=True, help="Also write a merged checkpoint (to --merged-out).")
+@click.option("--merged-out", type=click.Path(path_type=Path), default=None, help="Merged checkpoint folder (default: OUT-merged).")
+@click.option("--dtype", type=_DTYPES, default="float32", show_default=True, help="Dtype of the merged weights.")
+@click.option("--force", is_flag=True, help="Replace existing output folders.")
+@click.option("--allow-pickle", is_flag=True, help="Accept an adapter_model.bin pickle (re-saved as safetensors).")
+@_library_errors
+def swap_command(base, adapter, out, merge_model, merged_out, dtype, force, allow_pickle) -> None:
+    """Re-target a GEM adapter to a sibling checkpoint (e.g. base -> instruct).
+
+    \b
+    Examples:
+      gem swap --base ./llama-instruct --adapter runs/llama-base-gem --out runs/llama-instruct-gem
+      gem swap --base ./llama-instruct --adapter runs/llama-base-gem --out runs/li-gem --merge
+    """
+    from .adapters import swap
+
+    if merged_out is not None:
+        merge_model = True
+    report = swap(base, adapter, out, merge_model=merge_model, merged_out=merged_out, dtype=dtype,
+                  force=force, allow_pickle=allow_pickle)
+    _echo_lines(report.lines())
+
+
+@click.command("inspect")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of key: value lines.")
+@_library_errors
+def inspect_command(path, as_json) -> None:
+    """Say what PATH is: GEM adapter, plain LoRA or merged GEM checkpoint, and its settings.
+
+    \b
+    Examples:
+      gem inspect runs/gem
+      gem inspect merged/ --json
+    """
+    from .adapters import format_inspection, inspect
+
+    info = inspect(path)
+    click.echo(json.dumps(info, indent=2, default=str) if as_json else format_inspection(info))
+
+
+ADAPTER_COMMANDS = (merge_command, stack_command, swap_command, inspect_command)

@@ -1,0 +1,227 @@
+"""Several adapters on one loaded base, switched without reloading it.
+
+``load_adapter`` adds a LoRA (GEM adapter or plain) to a loaded ``GEMModel`` after the
+compatibility checks; ``use_adapter`` activates one adapter, or several at once (PEFT sums
+their deltas; at most one of them may carry GEM rows); ``disable_adapters`` returns the
+base's own outputs; ``using_adapter`` does a switch for one block only. Which adapter is
+active also sets ``gem.config`` (template, pooling) to that adapter's ``gem_config``.
+
+The bookkeeping lives on the ``GEMModel`` instance (attribute ``_gem_adapters``) so these
+functions work on any ``GEMModel``, including one loaded with ``adapter=``, whose adapter is
+PEFT's ``default``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from ..config import GEMConfig
+from ..errors import GEMError
+from .compat import check_compatibility, spec_from_model
+from .files import read_adapter
+
+_REGISTRY = "_gem_adapters"
+
+
+@dataclass
+class _Registry:
+    configs: dict[str, GEMConfig | None] = field(default_factory=dict)  # None: plain LoRA
+    base_config: GEMConfig | None = None
+    disabled: bool = False
+
+
+def _registry(gem) -> _Registry:
+    registry = getattr(gem, _REGISTRY, None)
+    if registry is None:
+        loaded = list(getattr(gem.model, "peft_config", {}) or {})
+        # A model loaded with adapter= carries that adapter's template; the bare base has none.
+        base_config = dataclasses.replace(gem.config, template=None) if loaded else gem.config
+        registry = _Registry({name: gem.config for name in loaded}, base_config)
+        setattr(gem, _REGISTRY, registry)
+    return registry
+
+
+@contextmanager
+def tolerant_token_wrappers() -> Iterator[None]:
+    """Let PEFT load/save an adapter without token rows in a model that has a token-row adapter.
+
+    peft 0.21's ``TrainableTokensWrapper.adapter_state_dict_load_map`` and
+    ``adapter_state_dict`` expect every adapter to have the wrapper's rows, so loading a plain
+    LoRA after a GEM adapter (or saving a combination without rows) fails with a KeyError;
+    ``ModulesToSaveWrapper`` skips adapters it does not serve, and so does this patch, only
+    while the block runs.
+    """
+    from peft.utils.other import TrainableTokensWrapper
+
+    original_load_map = TrainableTokensWrapper.adapter_state_dict_load_map
+    original_state_dict = TrainableTokensWrapper.adapter_state_dict
+
+    def load_map(self, adapter_name):
+        return original_load_map(self, adapter_name) if adapter_name in self._adapters else {}
+
+    def state_dict(self, adapter_name, state_dict):
+        return original_state_dict(self, adapter_name, state_dict) if adapter_name in self._adapters else {}
+
+    TrainableTokensWrapper.adapter_state_dict_load_map = load_map
+    TrainableTokensWrapper.adapter_state_dict = state_dict
+    try:
+        yield
+    finally:
+        TrainableTokensWrapper.adapter_state_dict_load_map = original_load_map
+        TrainableTokensWrapper.adapter_state_dict = original_state_dict
+
+
+def _is_peft(gem) -> bool:
+    return hasattr(gem.model, "peft_config") and hasattr(gem.model, "base_model")
+
+
+def adapter_names(gem) -> list[str]:
+    """Names of the adapters loaded into ``gem``."""
+    return list(gem.model.peft_config) if _is_peft(gem) else []
+
+
+def active_adapters(gem) -> list[str]:
+    """Names of the adapters in use now ([] when none is loaded or they are disabled)."""
+    if not _is_peft(gem) or _registry(gem).disabled:
+        return []
+    return list(gem.model.base_model.active_adapters)
+
+
+def load_adapter(gem, path: str | os.PathLike, name: str = "default", *, allow_pickle: bool = False,
+                 activate: bool = False) -> str:
+    """Load the adapter folder ``path`` into ``gem`` under ``name``; return the name.
+
+    The base stays loaded; which adapters are active does not change unless ``activate``.
+    The adapter is checked against the loaded model first (architecture, modules,
+    vocabulary, GEM tokens); nothing is changed when a check fails.
+    """
+    from peft import PeftModel
+
+    folder = read_adapter(path, allow_pickle=allow_pickle)
+    if name in adapter_names(gem):
+        raise GEMError(f"an adapter named {name!r} is already loaded; pick another name or unload_adapter it first")
+    check_compatibility(folder, spec_from_model(gem))
+    registry = _registry(gem)
+    before = active_adapters(gem)
+    if _is_peft(gem):
+        with tolerant_token_wrappers():
+            gem.model.load_adapter(str(folder.path), adapter_name=name, is_trainable=False)
+    else:
+        gem.model = PeftModel.from_pretrained(gem.model, str(folder.path), adapter_name=name, is_trainable=False)
+        before = []
+    registry.configs[name] = folder.gem_config
+    gem.model.eval()
+    if activate:
+        use_adapter(gem, name)
+    elif before:
+        use_adapter(gem, before)
+    else:
+        disable_adapters(gem)
+    return name
+
+
+def use_adapter(gem, name: str | Sequence[str] | None) -> None:
+    """Activate adapter ``name`` (or several at once; None disables all of them)."""
+    if name is None:
+        disable_adapters(gem)
+        return
+    names = [name] if isinstance(name, str) else list(name)
+    loaded = adapter_names(gem)
+    unknown = [n for n in names if n not in loaded]
+    if not names or unknown:
+        raise GEMError(f"no adapter named {unknown or names} is loaded (loaded: {loaded}); load_adapter it first")
+    registry = _registry(gem)
+    with_rows = [n for n in names if gem.model.peft_config[n].trainable_token_indices]
+    if len(with_rows) > 1:
+        raise GEMError(
+            f"adapters {with_rows} all carry GEM rows; only one GEM adapter can be active at a time - "
+            "activate one GEM adapter together with plain LoRAs, or combine them with `gem stack`"
+        )
+    tuner = gem.model.base_model
+    tuner.set_adapter(names if len(names) > 1 else names[0], inference_mode=True)
+    tuner.enable_adapter_layers()
+    gem_names = [n for n in names if registry.configs.get(n) is not None]
+    gem.config = registry.configs[gem_names[0]] if gem_names else registry.base_config
+    registry.disabled = False
+    gem.model.eval()
+
+
+def activate_adapters(gem, names: Sequence[str]) -> None:
+    """Several adapters active together, without combining them (their deltas add up)."""
+    use_adapter(gem, list(names))
+
+
+def disable_adapters(gem) -> None:
+    """Run the bare base (GEM rows as initialised) until ``use_adapter`` is called."""
+    if not _is_peft(gem):
+        return
+    registry = _registry(gem)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # PEFT's note on LoRA biases; ours have none to keep
+        gem.model.base_model.disable_adapter_layers()
+    gem.config = registry.base_config
+    registry.disabled = True
+
+
+def unload_adapter(gem, name: str) -> None:
+    """Remove adapter ``name`` from ``gem`` (the others stay loaded)."""
+    if name not in adapter_names(gem):
+        raise GEMError(f"no adapter named {name!r} is loaded (loaded: {adapter_names(gem)})")
+    active = [n for n in active_adapters(gem) if n != name]
+    gem.model.delete_adapter(name)
+    _registry(gem).configs.pop(name, None)
+    if active:
+        use_adapter(gem, active)
+    else:
+        disable_adapters(gem)
+
+
+@contextmanager
+def using_adapter(gem, name: str | Sequence[str] | None) -> Iterator:
+    """``with using_adapter(gem, "gem"): gem.encode(...)`` - switch for the block, then switch back."""
+    previous = active_adapters(gem)
+    use_adapter(gem, name)
+    try:
+        yield gem
+    finally:
+        use_adapter(gem, previous or None)
+
+
+def load_adapters(base: str | os.PathLike, adapters: Mapping[str, str | os.PathLike],
+                  active: Sequence[str] | None = None, *, allow_pickle: bool = False, **kwargs):
+    """A ``GEMModel`` of ``base`` with every adapter loaded and ``active`` (default: all) in use.
+
+    The GEM tokens come from the (first) GEM adapter among ``adapters``; ``kwargs`` go to
+    ``GEMModel.from_pretrained`` (``load_in_4bit``, ``dtype``, ``device``...).
+    """
+    from ..model import GEMModel
+
+    if not adapters:
+        raise GEMError("load_adapters needs at least one adapter (name -> folder)")
+    folders = {name: read_adapter(path, allow_pickle=allow_pickle) for name, path in adapters.items()}
+    gem_folder = next((f for f in folders.values() if f.is_gem), None)
+    config = dataclasses.replace(gem_folder.gem_config, template=None) if gem_folder is not None else None
+    gem = GEMModel.from_pretrained(base, config=config, **kwargs)
+    for name, folder in folders.items():
+        load_adapter(gem, folder.path, name, allow_pickle=allow_pickle)
+    use_adapter(gem, list(active) if active is not None else list(adapters))
+    return gem
+
+
+__all__ = [
+    "activate_adapters",
+    "active_adapters",
+    "adapter_names",
+    "disable_adapters",
+    "load_adapter",
+    "load_adapters",
+    "unload_adapter",
+    "use_adapter",
+    "using_adapter",
+]
