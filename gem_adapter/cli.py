@@ -172,13 +172,16 @@ def info() -> None:
     click.echo(f"default model {alias_status(DEFAULT_MODEL)}")
 
 
-def _register_eval() -> None:
+def _register_commands() -> None:
+    from .adapter_commands import ADAPTER_COMMANDS
     from .evaluation.command import eval_command
 
     main.add_command(eval_command, "eval")
+    for command in ADAPTER_COMMANDS:
+        main.add_command(command)
 
 
-_register_eval()
+_register_commands()
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ value fails where it is written, not deep inside a forward pass.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -127,3 +128,11 @@ class GEMConfig:
     @staticmethod
     def exists(folder: str | os.PathLike) -> bool:
         return (Path(folder) / GEM_CONFIG_NAME).is_file()
+
+
+def base_fingerprint(model_config) -> str:
+    """A short hash of the architecture fields an adapter depends on."""
+    keys = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads",
+            "num_key_value_heads", "intermediate_size", "head_dim")
+    fields = {key: getattr(model_config, key, None) for key in keys}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]

@@ -290,6 +290,26 @@ class GEMModel:
         config = self._causal_lm.config
         return attention_inputs(segment_ids, config._attn_implementation, self._causal_lm.dtype)
 
+    # ------------------------------------------------------------------ adapters
+    def load_adapter(self, path: str | os.PathLike, name: str, *, allow_pickle: bool = False,
+                     activate: bool = False) -> str:
+        """Load another adapter folder onto this loaded base under ``name`` (checked first)."""
+        from .adapters import load_adapter
+
+        return load_adapter(self, path, name, allow_pickle=allow_pickle, activate=activate)
+
+    def use_adapter(self, name: str | Sequence[str] | None) -> None:
+        """Activate adapter ``name``, several at once (a list), or none (None)."""
+        from .adapters import use_adapter
+
+        use_adapter(self, name)
+
+    def disable_adapters(self) -> None:
+        """Run the bare base (GEM rows as initialised) until ``use_adapter`` is called."""
+        from .adapters import disable_adapters
+
+        disable_adapters(self)
+
     # ------------------------------------------------------------------ generation
     def generate(self, inputs: str | Sequence[str] | torch.Tensor | None = None, **kwargs):
         """The base model's ``generate``, with the GEM tokens suppressed.

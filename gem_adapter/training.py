@@ -27,7 +27,7 @@ from transformers import TrainerCallback
 
 from . import __version__
 from .collator import IGNORE_INDEX, VIEW_MODES, GEMCollator
-from .config import GEMConfig
+from .config import GEMConfig, base_fingerprint
 from .data import CHUNK_UNITS
 from .errors import GEMConfigError
 from .masking import Segment, attention_inputs
@@ -109,7 +109,7 @@ class GEMTrainer(SFTTrainer):
     def __init__(self, *args, gem_token_ids: list[int], gem_config: GEMConfig | None = None, **kwargs):
         self.gem_token_ids = list(gem_token_ids)
         self.gem_config = gem_config
-        self.train_tokens_seen = 0  # real (non-padding) tokens of the NTP batches, for tokens/s
+        self.train_tokens_seen = 0  # real (non-padding) tokens through the model (NTP and views), for tokens/s
         super().__init__(*args, **kwargs)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -140,6 +140,9 @@ class GEMTrainer(SFTTrainer):
             metrics["loss_plain_ntp"].append(token_loss[~is_gem_row].mean().item())
 
         if self.args.contrastive_weight > 0 and "view_a_input_ids" in inputs:
+            if mode == "train":
+                for view in ("view_a", "view_b"):
+                    self.train_tokens_seen += int((inputs[f"{view}_segment_ids"] != Segment.PAD).sum())
             contrastive = self._info_nce(decoder, implementation, dtype, inputs)
             metrics["loss_contrastive"].append(contrastive.item())
             if num_items_in_batch is not None:  # the NTP part is already averaged over accumulation
@@ -207,16 +210,6 @@ def write_adapter(model, tokenizer, gem_config: GEMConfig | None, folder: Path) 
     if gem_config is not None:
         gem_config.base_fingerprint = base_fingerprint(_causal_lm(model).config)
         gem_config.save(folder)
-
-
-def base_fingerprint(model_config) -> str:
-    """A short hash of the architecture fields an adapter depends on."""
-    import hashlib
-
-    keys = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads",
-            "num_key_value_heads", "intermediate_size", "head_dim")
-    fields = {key: getattr(model_config, key, None) for key in keys}
-    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _causal_lm(model):

@@ -50,7 +50,8 @@ def main() -> None:
     parser.add_argument("--base", default="smollm2-135m")
     parser.add_argument("--adapter", action="append", default=[], help="[label=]folder; repeatable")
     parser.add_argument("--wikitext-tokens", type=int, default=40000, help="0 skips perplexity")
-    parser.add_argument("--skip-baselines", action="store_true")
+    parser.add_argument("--baselines", default="mean,last,prompteol,gem",
+                        help="comma list of mean,last,prompteol,gem (base model rows); empty for none")
     parser.add_argument("--out", type=Path, default=Path("bench_training"))
     args = parser.parse_args()
     from gem_adapter.evaluation.lm import evaluate_wikitext2
@@ -66,13 +67,15 @@ def main() -> None:
         return round(out["perplexity"], 3)
 
     base = GEMModel.from_pretrained(args.base)
-    if not args.skip_baselines:
-        for label, kwargs in (
-            ("base, mean pooling", {"pooling": "mean"}),
-            ("base, last token", {"pooling": "last"}),
-            ("base, PromptEOL (last token)", {"pooling": "last", "template": PROMPTEOL}),
-            ("base, untrained GEM token", {"pooling": "gem"}),
-        ):
+    baselines = {
+        "mean": ("base, mean pooling", {"pooling": "mean"}),
+        "last": ("base, last token", {"pooling": "last"}),
+        "prompteol": ("base, PromptEOL (last token)", {"pooling": "last", "template": PROMPTEOL}),
+        "gem": ("base, untrained GEM token", {"pooling": "gem"}),
+    }
+    for name in filter(None, args.baselines.split(",")):
+        label, kwargs = baselines[name.strip()]
+        if True:
             start = time.time()
             score = spearman_x100(base, left, right, gold, **kwargs)
             results["rows"].append({"model": label, "sts_dev": score, "seconds": round(time.time() - start, 1)})

@@ -55,7 +55,7 @@ class BaseSpec:
         return bool(getattr(self.config, "tie_word_embeddings", False))
 
     def fingerprint(self) -> str:
-        from ..training import base_fingerprint
+        from ..config import base_fingerprint
 
         return base_fingerprint(self.config)
 
@@ -156,7 +156,7 @@ def source_config(adapter: AdapterFolder):
         except Exception:  # gone, renamed, offline: fall back to the tensor shapes
             continue
         if recorded is not None:
-            from ..training import base_fingerprint
+            from ..config import base_fingerprint
 
             if base_fingerprint(text_config(config)) != recorded:
                 continue

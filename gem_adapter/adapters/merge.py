@@ -109,6 +109,7 @@ def merge(
 
 
 def require_gem(folder: AdapterFolder, action: str) -> None:
+    """Refuse a plain LoRA where a GEM adapter is needed."""
     if not folder.is_gem:
         raise GEMError(
             f"{folder.path} is a plain LoRA adapter (no gem_config.json); {action} needs a GEM adapter - "
@@ -117,6 +118,7 @@ def require_gem(folder: AdapterFolder, action: str) -> None:
 
 
 def recorded_base(folder: AdapterFolder) -> str:
+    """The base model named in the adapter's ``gem_config.json``."""
     name = folder.gem_config.base_model if folder.gem_config else None
     if not name:
         raise GEMError(f"adapter {folder.path} does not record its base model; pass --base")
@@ -126,7 +128,7 @@ def recorded_base(folder: AdapterFolder) -> str:
 def write_merged(base_path: str, base_name: str, folder: AdapterFolder, spec, staging: Path, dtype: str) -> dict[str, Any]:
     """Build the merged model in float32, verify it, save it cast to ``dtype``; return report fields."""
     from .. import __version__
-    from ..training import base_fingerprint
+    from ..config import base_fingerprint
 
     merged = build_merged(base_path, folder, spec)
     lm = merged.pop("model")
