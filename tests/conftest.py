@@ -77,6 +77,21 @@ def tiny_gem(architecture: str = "llama", k: int = 1, tie: bool = False, attn: s
     return GEMModel(tiny_model(architecture, tie=tie, attn=attn), make_tokenizer(), GEMConfig(num_gem_tokens=k, **config))
 
 
+def tiny_training_config(base, data, output, **overrides):
+    """A GEMTrainingConfig that trains a tiny model for a few steps in seconds."""
+    from gem_adapter.recipes import load_recipe
+
+    values = dict(
+        base_model=str(base), data=str(data), output_dir=str(output), max_steps=4,
+        per_device_train_batch_size=4, per_device_eval_batch_size=8, learning_rate=5e-3,
+        eval_chunks=8, logging_steps=1, save_steps=2, eval_strategy="no",
+        activation_checkpointing=False, disable_tqdm=True, seed=0, lora_r=4, lora_alpha=8,
+        min_chunk_tokens=16, max_chunk_tokens=48, warmup_steps=0,
+    )
+    values.update(overrides)
+    return load_recipe(None, values)
+
+
 @pytest.fixture(params=ARCHITECTURES)
 def architecture(request) -> str:
     return request.param

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import make_config, make_tokenizer, tiny_model
+from conftest import make_config, make_tokenizer, tiny_model, tiny_training_config
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -72,15 +72,7 @@ def tiny_folder(root: Path, name: str, architecture: str = "llama", tie: bool = 
 
 
 def tiny_config(base, data, output, **overrides):
-    values = dict(
-        base_model=str(base), data=str(data), output_dir=str(output), max_steps=4,
-        per_device_train_batch_size=4, per_device_eval_batch_size=8, learning_rate=5e-3,
-        eval_chunks=8, logging_steps=1, save_steps=100, eval_strategy="no",
-        activation_checkpointing=False, disable_tqdm=True, seed=0, lora_r=4, lora_alpha=8,
-        min_chunk_tokens=16, max_chunk_tokens=48, warmup_steps=0,
-    )
-    values.update(overrides)
-    return load_recipe(None, values)
+    return tiny_training_config(base, data, output, **{"save_steps": 100, **overrides})
 
 
 def plain_lora(base: Path, out: Path, r: int = 4, alpha: int = 16, targets=("q_proj", "v_proj"), seed: int = 1) -> Path:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import pytest
@@ -58,7 +57,6 @@ def test_minilm_stsbenchmark_matches_its_published_mteb_score():
 @pytest.mark.slow
 @pytest.mark.real_model
 @needs_data
-@pytest.mark.skipif(os.environ.get("GEM_RUN_SLOW") != "1", reason="about 2 minutes on 1 core; set GEM_RUN_SLOW=1")
 def test_minilm_sickr_matches_its_published_mteb_score():
     result = evaluate_mteb(load_minilm(), [load_task("SICK-R", SHARED_DATA)], show_progress=False)
     assert result.task_results[0].get_score() * 100 == pytest.approx(77.58, abs=0.1)

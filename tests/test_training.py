@@ -16,7 +16,7 @@ from gem_adapter.cli import main
 from gem_adapter.recipes import load_recipe
 from gem_adapter.train import build_peft_model, train
 
-from conftest import make_tokenizer, tiny_model
+from conftest import make_tokenizer, tiny_model, tiny_training_config
 
 SENTENCES = [
     f"Sentence {i} talks about the {w} near the river. Another remark follows it, with {i % 5} words more."
@@ -39,15 +39,7 @@ def tiny_folder(tmp_path, tie=False):
 
 
 def tiny_config(base, data, output, **overrides):
-    values = dict(
-        base_model=str(base), data=str(data), output_dir=str(output), max_steps=4,
-        per_device_train_batch_size=4, per_device_eval_batch_size=8, learning_rate=5e-3,
-        eval_chunks=8, logging_steps=1, save_steps=2, eval_strategy="no",
-        activation_checkpointing=False, disable_tqdm=True, seed=0, lora_r=4, lora_alpha=8,
-        min_chunk_tokens=16, max_chunk_tokens=48, warmup_steps=0,
-    )
-    values.update(overrides)
-    return load_recipe(None, values)
+    return tiny_training_config(base, data, output, **overrides)
 
 
 def adapter_tensors(folder):
