@@ -25,7 +25,7 @@ from .errors import GEMError, ModelResolutionError
 from .hub import resolve_base
 from .masking import attention_inputs
 from .pooling import POOLING_MODES, pool
-from .tokens import add_gem_tokens, embedding_ids, pad_batch, plain_ids
+from .tokens import add_gem_tokens, embedding_ids, leading_special_ids, pad_batch, plain_ids
 
 # Attention kernels checked against a reference in tests/test_attention.py. Others
 # (flash_attention_2, flex_attention) are refused until they are tested the same way.
@@ -123,8 +123,7 @@ class GEMModel:
     @property
     def _causal_lm(self):
         """The transformers model inside any PEFT wrapper."""
-        get_base = getattr(self.model, "get_base_model", None)
-        return get_base() if callable(get_base) else self.model
+        return causal_lm_of(self.model)
 
     @property
     def device(self) -> torch.device:
@@ -232,7 +231,7 @@ class GEMModel:
         if not texts:
             return []
         head, tail = self._template_ids(template)
-        leading = self._leading_special_ids()
+        leading = leading_special_ids(self.tokenizer)
         n_gem = len(self.gem_token_ids) if pooling == "gem" else 0
         room = max_length - n_gem - len(leading) - len(head) - len(tail)
         if room < 0:
@@ -257,11 +256,6 @@ class GEMModel:
         before, after = template.split("{text}", 1)
         tokenize = lambda part: self.tokenizer(part, add_special_tokens=False)["input_ids"] if part else []  # noqa: E731
         return tokenize(before), tokenize(after)
-
-    def _leading_special_ids(self) -> list[int]:
-        """What the tokenizer puts before any text (a BOS for Llama 3, nothing for SmolLM2/Qwen)."""
-        with_specials = self.tokenizer("", add_special_tokens=True)["input_ids"]
-        return [i for i in with_specials if i in self.tokenizer.all_special_ids]
 
     @torch.inference_mode()
     def _embed_rows(self, rows: list[tuple[list[int], list[int]]], pooling: str) -> torch.Tensor:
@@ -340,6 +334,12 @@ class GEMModel:
             output[:, encoded["input_ids"].shape[1] :], skip_special_tokens=True
         )
         return continuations[0] if isinstance(inputs, str) else continuations
+
+
+def causal_lm_of(model):
+    """The transformers model inside a PEFT wrapper (the model itself when unwrapped)."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
 
 
 def bnb_4bit_config(compute_dtype: torch.dtype | str = torch.float32):

@@ -71,6 +71,16 @@ def _init_rows_with_mean(model, row_ids: list[int], original_rows: int) -> None:
         weight[row_ids] = mean
 
 
+def leading_special_ids(tokenizer) -> list[int]:
+    """The special tokens the tokenizer puts before any text: a BOS for Llama 3, none for SmolLM2/Qwen."""
+    with_special = tokenizer("a", add_special_tokens=True)["input_ids"]
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    for start in range(len(with_special) - len(plain) + 1):
+        if with_special[start : start + len(plain)] == plain:
+            return list(with_special[:start])
+    return []
+
+
 def embedding_ids(text_ids: Sequence[int], gem_ids: Sequence[int], max_length: int) -> tuple[list[int], list[int]]:
     """``text, GEM...`` truncated to ``max_length`` by cutting the end of the text."""
     keep = max_length - len(gem_ids)

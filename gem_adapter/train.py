@@ -178,6 +178,7 @@ def save_adapter(gem, output_dir: Path) -> None:
 
 def _collator(config: GEMTrainingConfig, gem):
     from .collator import GEMCollator
+    from .tokens import leading_special_ids
 
     head, tail = gem._template_ids(config.embed_template)
     return GEMCollator(
@@ -190,7 +191,7 @@ def _collator(config: GEMTrainingConfig, gem):
         seed=config.seed,
         contrastive=config.contrastive_weight > 0,
         view_mode=config.contrastive_view_mode,
-        view_head_ids=gem._leading_special_ids() + head,
+        view_head_ids=leading_special_ids(gem.tokenizer) + head,
         view_tail_ids=tail,
     )
 

@@ -31,6 +31,7 @@ from .config import GEMConfig, base_fingerprint
 from .data import CHUNK_UNITS
 from .errors import GEMConfigError
 from .masking import Segment, attention_inputs
+from .model import causal_lm_of
 from .pooling import pool
 
 LOSS_LOG = "loss_log.jsonl"
@@ -114,7 +115,7 @@ class GEMTrainer(SFTTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if model.training else "eval"
-        causal_lm = _causal_lm(self.accelerator.unwrap_model(model))
+        causal_lm = causal_lm_of(self.accelerator.unwrap_model(model))
         decoder, lm_head = causal_lm.get_decoder(), causal_lm.get_output_embeddings()
         implementation, dtype = causal_lm.config._attn_implementation, causal_lm.dtype
 
@@ -208,13 +209,8 @@ def write_adapter(model, tokenizer, gem_config: GEMConfig | None, folder: Path) 
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
     if gem_config is not None:
-        gem_config.base_fingerprint = base_fingerprint(_causal_lm(model).config)
+        gem_config.base_fingerprint = base_fingerprint(causal_lm_of(model).config)
         gem_config.save(folder)
-
-
-def _causal_lm(model):
-    get_base = getattr(model, "get_base_model", None)
-    return get_base() if callable(get_base) else model
 
 
 def complete_checkpoints(output_dir: str | Path) -> list[Path]:

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from ..errors import GEMConfigError, GEMError
+from ..tokens import leading_special_ids
 from .tasks import MissingDataError, require_files, resolve_data_dir
 
 LM_TASKS: tuple[str, ...] = ("MMLU", "ARC-Easy", "HellaSwag", "WikiText-2")
@@ -38,23 +39,12 @@ MMLU_LETTERS = ("A", "B", "C", "D")
 
 
 # ---------------------------------------------------------------------------- scoring core
-def _lead_ids(tokenizer) -> list[int]:
-    """The special tokens the tokeniser puts before a text (BOS), if any."""
-    with_special = tokenizer("a", add_special_tokens=True)["input_ids"]
-    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
-    for start in range(len(with_special) - len(plain) + 1):
-        if with_special[start : start + len(plain)] == plain:
-            return list(with_special[:start])
-    return []
-
-
 def _ids(tokenizer, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def _max_positions(gem) -> int:
-    causal_lm = gem.model.get_base_model() if hasattr(gem.model, "get_base_model") else gem.model
-    config = causal_lm.config
+    config = gem._causal_lm.config
     return int(getattr(config, "max_position_embeddings", None) or 2048)
 
 
@@ -66,8 +56,7 @@ def _cache_argument(gem) -> str:
     """``cache`` (transformers >= 5.2x) or ``past_key_values`` (earlier): the forward's name for it."""
     import inspect
 
-    config_holder = gem.model.get_base_model() if hasattr(gem.model, "get_base_model") else gem.model
-    parameters = inspect.signature(type(config_holder).forward).parameters
+    parameters = inspect.signature(type(gem._causal_lm).forward).parameters
     return "cache" if "cache" in parameters else "past_key_values"
 
 
@@ -168,7 +157,7 @@ def choice_loglikelihoods(
 ) -> list[list[float]]:
     """log P(choice | prefix + context) for every choice of every (context, choices) item."""
     tokenizer = gem.tokenizer
-    lead = _lead_ids(tokenizer)
+    lead = leading_special_ids(tokenizer)
     prefix_ids = (lead + _ids(tokenizer, prefix)) if prefix else None
     encoded = [((_ids(tokenizer, context) if prefix else lead + _ids(tokenizer, context)),
                 [_ids(tokenizer, choice) for choice in choices]) for context, choices in items]
@@ -217,7 +206,7 @@ def perplexity(
     from tqdm.auto import tqdm
 
     max_length = min(max_length, _max_positions(gem))
-    ids = _lead_ids(gem.tokenizer) + _ids(gem.tokenizer, text)
+    ids = leading_special_ids(gem.tokenizer) + _ids(gem.tokenizer, text)
     if max_tokens is not None:
         ids = ids[:max_tokens]
     if len(ids) < 2:
