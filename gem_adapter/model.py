@@ -22,7 +22,7 @@ import torch
 
 from .config import GEMConfig
 from .errors import GEMError, ModelResolutionError
-from .hub import resolve_base
+from .hub import quantized_copy, resolve_base, store_quantized
 from .masking import attention_inputs
 from .pooling import POOLING_MODES, pool
 from .tokens import add_gem_tokens, embedding_ids, leading_special_ids, pad_batch, plain_ids
@@ -66,12 +66,18 @@ class GEMModel:
         device: str | torch.device | None = None,
         attn_implementation: str = "sdpa",
         config: GEMConfig | None = None,
+        fuse: bool = True,
+        cache_quantized: bool = True,
     ) -> "GEMModel":
         """Load a base model (alias, folder, .gguf or hub id), optionally with an adapter.
 
         ``load_in_4bit`` quantises the base with bitsandbytes NF4 and double quantisation;
         ``compute_dtype`` is the dtype of the 4-bit matmuls. A folder holding
         ``gem_config.json`` (a merged GEM checkpoint) keeps its trained GEM rows.
+        ``fuse`` folds the adapter into the (full-precision) base weights for inference
+        speed; ``unfuse_adapters()`` or any adapter switch undoes it (see ``adapters.runtime``).
+        ``cache_quantized`` keeps the NF4 copy of a local base in the cache and loads it next
+        time, instead of reading and quantising the full-precision weights again (see ``hub``).
         """
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -107,7 +113,14 @@ class GEMModel:
             kwargs["device_map"] = {"": "cuda" if torch.cuda.is_available() else "cpu"}
 
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
-        model = AutoModelForCausalLM.from_pretrained(base_path, **kwargs)
+        quantized = quantized_copy(base_path, kwargs["quantization_config"]) if load_in_4bit and cache_quantized else None
+        if quantized is not None and (quantized / "config.json").is_file():
+            kwargs.pop("quantization_config")  # the copy's config.json carries it
+            model = AutoModelForCausalLM.from_pretrained(str(quantized), **kwargs)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(base_path, **kwargs)
+            if quantized is not None:
+                store_quantized(model, quantized)
         initialize_rows = not merged_checkpoint
         if adapter_path is None:
             return cls(model, tokenizer, config, initialize_rows=initialize_rows)
@@ -117,6 +130,8 @@ class GEMModel:
         gem_model = cls(model, tokenizer, config, initialize_rows=initialize_rows)
         gem_model.model = PeftModel.from_pretrained(gem_model.model, str(adapter_path), is_trainable=False)
         gem_model.model.eval()
+        if fuse:
+            gem_model.fuse_adapters()
         return gem_model
 
     # ------------------------------------------------------------------ properties
@@ -230,7 +245,7 @@ class GEMModel:
         """
         if not texts:
             return []
-        head, tail = self._template_ids(template)
+        head, tail = self.template_ids(template)
         leading = leading_special_ids(self.tokenizer)
         n_gem = len(self.gem_token_ids) if pooling == "gem" else 0
         room = max_length - n_gem - len(leading) - len(head) - len(tail)
@@ -250,7 +265,8 @@ class GEMModel:
             rows.append(plain_ids(text_ids, max_length))
         return rows
 
-    def _template_ids(self, template: str | None) -> tuple[list[int], list[int]]:
+    def template_ids(self, template: str | None) -> tuple[list[int], list[int]]:
+        """Token ids of the template's halves before and after ``{text}``, each tokenised alone."""
         if template is None:
             return [], []
         before, after = template.split("{text}", 1)
@@ -291,6 +307,18 @@ class GEMModel:
         from .adapters import load_adapter
 
         return load_adapter(self, path, name, allow_pickle=allow_pickle, activate=activate)
+
+    def fuse_adapters(self) -> bool:
+        """Fold the active adapters into the base weights (base speed, same outputs); see ``adapters.runtime``."""
+        from .adapters import fuse_adapters
+
+        return fuse_adapters(self)
+
+    def unfuse_adapters(self) -> None:
+        """Take fused adapters back out of the base weights."""
+        from .adapters import unfuse_adapters
+
+        unfuse_adapters(self)
 
     def use_adapter(self, name: str | Sequence[str] | None) -> None:
         """Activate adapter ``name``, several at once (a list), or none (None)."""

@@ -115,7 +115,7 @@ def train(
     started = time.time()
 
     gem = build_peft_model(config)
-    collator = _collator(config, gem)
+    collator = make_collator(config, gem)
     as_dataset = lambda chunks: Dataset.from_dict({"input_ids": chunks, "index": list(range(len(chunks)))})  # noqa: E731
     trainer = GEMTrainer(
         model=gem.model,
@@ -176,11 +176,12 @@ def save_adapter(gem, output_dir: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _collator(config: GEMTrainingConfig, gem):
+def make_collator(config: GEMTrainingConfig, gem):
+    """The GEM collator for this config and loaded model (GEM ids, template, padding)."""
     from .collator import GEMCollator
     from .tokens import leading_special_ids
 
-    head, tail = gem._template_ids(config.embed_template)
+    head, tail = gem.template_ids(config.embed_template)
     return GEMCollator(
         gem_token_ids=gem.gem_token_ids,
         pad_token_id=gem.tokenizer.pad_token_id,

@@ -371,6 +371,28 @@ def test_switching_adapters_at_runtime_restores_outputs_exactly(llama, style):
     np.testing.assert_array_equal(gem.encode(TEXTS), with_gem)
 
 
+def test_fused_adapter_gives_the_unfused_outputs_and_switching_unfuses(llama, style):
+    from gem_adapter.adapters import is_fused
+
+    base, adapter = llama
+    unfused = GEMModel.from_pretrained(base, adapter=adapter, fuse=False)
+    fused = GEMModel.from_pretrained(base, adapter=adapter)  # fused by default
+    assert is_fused(fused) and not is_fused(unfused)
+    np.testing.assert_allclose(fused.encode(TEXTS), unfused.encode(TEXTS), atol=1e-5)
+    torch.testing.assert_close(logits_of(fused), logits_of(unfused), atol=1e-4, rtol=0)
+    assert fused.generate(PROMPTS, max_new_tokens=6, do_sample=False) == unfused.generate(PROMPTS, max_new_tokens=6, do_sample=False)
+
+    bare = GEMModel.from_pretrained(base)
+    load_adapter(fused, style, "style")  # any change of adapters takes the fused delta out first
+    assert not is_fused(fused)
+    disable_adapters(fused)
+    torch.testing.assert_close(logits_of(fused), logits_of(bare), atol=1e-6, rtol=0)
+    use_adapter(fused, "default")
+    assert fused.fuse_adapters()
+    fused.unfuse_adapters()
+    np.testing.assert_allclose(fused.encode(TEXTS), unfused.encode(TEXTS), atol=1e-6)
+
+
 def test_runtime_refusals(root, llama, style):
     base, adapter = llama
     gem = GEMModel.from_pretrained(base, adapter=adapter)  # PEFT's "default"

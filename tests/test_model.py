@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from gem_adapter import GEMConfig, GEMError, GEMModel, ModelResolutionError
 
@@ -165,6 +168,35 @@ def test_4bit_base_on_cpu(tiny_model_folder):
     assert q.shape == f.shape and np.isfinite(q).all()
     cosines = (q * f).sum(axis=1)
     assert cosines.min() > 0.9, cosines  # NF4 error is small but not zero
+
+
+def test_4bit_copy_is_cached_and_reloads_the_same_model(tiny_model_folder, tmp_path):
+    pytest.importorskip("bitsandbytes")
+    from gem_adapter.hub import cache_dir
+
+    copies = lambda: sorted(p.name for p in (cache_dir() / "nf4").glob("*") if not p.name.startswith("."))  # noqa: E731
+    first = GEMModel.from_pretrained(tiny_model_folder, load_in_4bit=True)
+    assert len(copies()) == 1
+    again = GEMModel.from_pretrained(tiny_model_folder, load_in_4bit=True)  # from the cached copy
+    assert "Linear4bit" in type(again.model.model.layers[0].mlp.up_proj).__name__
+    np.testing.assert_array_equal(again.encode(TEXTS), first.encode(TEXTS))
+    assert first.generate("ab", max_new_tokens=4, do_sample=False) == again.generate("ab", max_new_tokens=4, do_sample=False)
+
+    uncached = GEMModel.from_pretrained(tiny_model_folder, load_in_4bit=True, cache_quantized=False)
+    np.testing.assert_array_equal(uncached.encode(TEXTS), first.encode(TEXTS))
+    GEMModel.from_pretrained(tiny_model_folder, load_in_4bit=True, compute_dtype="bfloat16")
+    assert len(copies()) == 2  # other settings, other copy
+
+    other = tmp_path / "other"
+    shutil.copytree(tiny_model_folder, other)
+    weights = other / "model.safetensors"
+    tensors = load_file(weights)
+    name = next(k for k in tensors if k.endswith("mlp.up_proj.weight"))
+    tensors[name] = tensors[name] * 2
+    save_file(tensors, weights, metadata={"format": "pt"})
+    changed = GEMModel.from_pretrained(other, load_in_4bit=True)  # changed weights are not served stale
+    assert len(copies()) == 3
+    assert not np.allclose(changed.encode(TEXTS), first.encode(TEXTS), atol=1e-4)
 
 
 def test_adapter_template_is_the_default_and_wraps_instructions():

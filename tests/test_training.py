@@ -54,13 +54,13 @@ def test_training_changes_every_trainable_parameter_and_no_frozen_one(tmp_path, 
     trainable = {name for name, p in gem.model.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n or "trainable_tokens" in n for n in trainable)
 
-    from gem_adapter.train import _collator, load_chunks
+    from gem_adapter.train import load_chunks, make_collator
     from gem_adapter.training import GEMTrainer
     from datasets import Dataset
 
     train_chunks, _unused = load_chunks(config, gem.tokenizer)
     trainer = GEMTrainer(
-        model=gem.model, args=config, data_collator=_collator(config, gem), processing_class=gem.tokenizer,
+        model=gem.model, args=config, data_collator=make_collator(config, gem), processing_class=gem.tokenizer,
         train_dataset=Dataset.from_dict({"input_ids": train_chunks, "index": list(range(len(train_chunks)))}),
         gem_token_ids=gem.gem_token_ids,
     )
@@ -172,6 +172,9 @@ def test_4bit_qlora_on_cpu(tmp_path, corpus):
     assert any("lora_B" in k and t.abs().sum() > 0 for k, t in tensors.items())
     quantized = GEMModel.from_pretrained(base, adapter=out, load_in_4bit=True)
     assert np.isfinite(quantized.encode(["a dog", "a boat"])).all()
+    from gem_adapter.adapters import is_fused
+
+    assert not quantized.fuse_adapters() and not is_fused(quantized)  # NF4 weights are never rewritten
 
 
 def test_corpus_errors_come_before_any_model_load(tmp_path, monkeypatch):

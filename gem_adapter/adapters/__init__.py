@@ -6,7 +6,7 @@
 | ``compat`` | is an adapter compatible with a base? (``IncompatibleError`` naming the mismatch) |
 | ``merge`` | ``merge``: LoRA + GEM rows folded into a standalone checkpoint |
 | ``stack`` | ``stack``: a GEM adapter combined with other LoRAs (PEFT ``add_weighted_adapter``) |
-| ``runtime`` | ``load_adapter`` / ``use_adapter`` / ``disable_adapters`` on one loaded ``GEMModel`` |
+| ``runtime`` | ``load_adapter`` / ``use_adapter`` / ``disable_adapters`` / ``fuse_adapters`` on one loaded ``GEMModel`` |
 | ``swap`` | ``swap``: re-target an adapter to a sibling checkpoint of the same architecture |
 | ``describe`` | ``inspect``: what a folder is, from its files |
 
@@ -25,8 +25,11 @@ from .runtime import (
     active_adapters,
     adapter_names,
     disable_adapters,
+    fuse_adapters,
+    is_fused,
     load_adapter,
     load_adapters,
+    unfuse_adapters,
     unload_adapter,
     use_adapter,
     using_adapter,
@@ -48,7 +51,9 @@ __all__ = [
     "check_compatibility",
     "disable_adapters",
     "format_inspection",
+    "fuse_adapters",
     "inspect",
+    "is_fused",
     "load_adapter",
     "load_adapters",
     "merge",
@@ -58,6 +63,7 @@ __all__ = [
     "spec_from_model",
     "stack",
     "swap",
+    "unfuse_adapters",
     "unload_adapter",
     "use_adapter",
     "using_adapter",

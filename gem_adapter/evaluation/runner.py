@@ -71,8 +71,9 @@ class Suite:
 
 
 SUITES: dict[str, Suite] = {
-    # meant for <= 15 minutes with smollm2-135m on 2 free CPU cores (not yet timed there);
-    # on one core shared with other jobs (load 3-5) it took 31 minutes
+    # sized for <= 15 minutes with smollm2-135m on this project's 2-core CPU machine: with a
+    # trained adapter (5 embedding rows, LM metrics for base and adapter) it took 14 min 9 s
+    # wall on 2 free cores, process start included; without an adapter the LM metrics run once
     "quick": Suite("quick", sts_pairs=200, banking_test=154, banking_experiments=1, scifact_queries=25,
                    scifact_corpus=80, embed_max_tokens=128, mmlu_subject_step=6, mmlu_per_subject=6,
                    arc=100, hellaswag=40, wikitext_tokens=2048),
