@@ -107,14 +107,33 @@ def fuse_adapters(gem) -> bool:
     """Fold the active adapters (LoRA deltas and GEM rows) into the base weights; return whether fused.
 
     Outputs stay the same up to float rounding (embeddings within 2e-6 on SmolLM2-135M).
-    A 4-bit base is left unfused: folding a delta into NF4 weights re-quantises them and
-    changes the outputs. ``unfuse_adapters`` restores the separate weights.
+    Left unfused: a 4-bit base (folding a delta into NF4 weights re-quantises them and
+    changes the outputs), and a LoRA on a matrix that two modules share (a tied ``lm_head``:
+    its delta would leak into the input embedding). ``unfuse_adapters`` restores the
+    separate weights.
     """
-    if not active_adapters(gem) or is_quantized(gem):
+    if not active_adapters(gem) or is_quantized(gem) or _adapts_a_shared_matrix(gem):
         return False
     if not is_fused(gem):
         gem.model.merge_adapter()
     return True
+
+
+def _adapts_a_shared_matrix(gem) -> bool:
+    from collections import Counter
+
+    from peft.tuners.lora import LoraLayer
+
+    def pointers(module) -> Counter:
+        return Counter(p.data_ptr() for _, p in module.named_parameters(remove_duplicate=False))
+
+    everywhere = pointers(gem.model)
+    for layer in _tuner_layers(gem):
+        if isinstance(layer, LoraLayer):
+            inside = pointers(layer.base_layer)  # may wrap another layer (trainable GEM rows)
+            if any(everywhere[pointer] > count for pointer, count in inside.items()):
+                return True
+    return False
 
 
 def unfuse_adapters(gem) -> None:
