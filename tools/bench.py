@@ -388,7 +388,8 @@ def bench_scaling(args, results: dict) -> None:
     for model in models.values():
         model.model.zero_grad(set_to_none=True)
     results["scaling"] = {"rows": rows, "note": "training-shaped GEM batches (prefix, k GEM tokens, suffix) for forward,"
-                          " forward+backward (full-model gradients, no optimizer) and mask; encode of the same texts"}
+                          " forward+backward (gradients through every layer, as in a LoRA step, no optimizer) and mask;"
+                          " encode of the same texts"}
 
 
 # ---------------------------------------------------------------------------- report
