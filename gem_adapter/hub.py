@@ -30,6 +30,8 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,17 +122,31 @@ def quantized_copy(base_path: str, quantization_config) -> Path | None:
 
 def store_quantized(model, folder: Path) -> None:
     """Save a freshly quantised model as ``folder``, atomically; a failure only costs the cache."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
     try:
-        model.save_pretrained(tmp)
-        os.replace(tmp, folder)
+        with _staged_folder(folder) as staging:
+            model.save_pretrained(staging)
     except OSError as exc:
         print(f"gem: could not cache the 4-bit copy in {folder} ({exc}); the next 4-bit load quantises again",
               file=sys.stderr)
+
+
+@contextmanager
+def _staged_folder(folder: Path) -> Iterator[Path]:
+    """Yield an empty folder beside ``folder``; it replaces ``folder`` when the block succeeds.
+
+    On any exception the staging folder is removed and ``folder`` is left as it was, so the
+    cache never holds half a model.
+    """
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
+    try:
+        yield staging
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(staging, folder)
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def alias_status(alias: str = DEFAULT_MODEL) -> str:
@@ -235,14 +251,6 @@ def _convert_gguf_to(gguf_path: Path, folder: Path) -> None:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    with _staged_folder(folder) as staging:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)

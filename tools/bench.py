@@ -28,7 +28,6 @@ asserts a time.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import platform
@@ -40,11 +39,12 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
+from bench_training import DATA, sts_dev
 from transformers import TrainerCallback
 
-DATA = Path(os.environ.get("GEM_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 SECTIONS = ("train", "encode", "memory", "merged", "scaling")
 # fp32; 4-bit quantised from the fp32 files at load (as before the NF4 cache); 4-bit from the cached NF4 copy
 MEMORY_VARIANTS = ("fp32", "4bit-quantize-at-load", "4bit")
@@ -55,9 +55,9 @@ def stats(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
 
 
-def alternate(candidates: dict[str, Callable[[], float]], repeats: int) -> dict[str, list[float]]:
+def alternate(candidates: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list[Any]]:
     """Run each candidate once per repeat, in turn; each returns its own measurement."""
-    measured: dict[str, list[float]] = {name: [] for name in candidates}
+    measured: dict[str, list[Any]] = {name: [] for name in candidates}
     for _ in range(repeats):
         for name, run in candidates.items():
             measured[name].append(run())
@@ -71,10 +71,8 @@ def seconds(run: Callable[[], object]) -> float:
 
 
 def sentences(n: int) -> list[str]:
-    with open(DATA / "sts" / "stsbenchmark" / "sts-dev.csv", newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    texts = [r["sentence1"] for r in rows] + [r["sentence2"] for r in rows]
-    return texts[:n]
+    left, right, _ = sts_dev()
+    return (left + right)[:n]
 
 
 def long_text() -> str:
@@ -174,10 +172,7 @@ def bench_train(args, results: dict) -> None:
         candidates = {"plain": plain_run, "gem": gem_run}
         if args.with_contrastive:
             candidates["gem_contrastive"] = contrastive_run
-        per_step: dict[str, list[float]] = {name: [] for name in candidates}
-        for _ in range(args.repeats):
-            for name, run in candidates.items():
-                per_step[name].extend(run())
+        per_step = {name: [t for run in runs for t in run] for name, runs in alternate(candidates, args.repeats).items()}
         medians = {name: statistics.median(values) for name, values in per_step.items()}
         row = {"precision": label, "tokens_per_step": round(tokens_per_step, 1),
                **{f"{name}_s_per_step": stats(values) for name, values in per_step.items()},

@@ -8,15 +8,12 @@ Prints the median and spread over repeats after one warm-up batch. A benchmark, 
 from __future__ import annotations
 
 import argparse
-import csv
-import os
 import statistics
 import time
-from pathlib import Path
+
+from bench_training import sts_dev
 
 from gem_adapter import GEMModel
-
-DATA = Path(os.environ.get("GEM_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
 def main() -> None:
@@ -29,10 +26,8 @@ def main() -> None:
     parser.add_argument("--pooling", default="gem")
     args = parser.parse_args()
 
-    with open(DATA / "sts" / "stsbenchmark" / "sts-dev.csv", newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    sentences = [r["sentence1"] for r in rows] + [r["sentence2"] for r in rows]
-    sentences = sentences[: args.n]
+    left, right, _ = sts_dev()
+    sentences = (left + right)[: args.n]
     model = GEMModel.from_pretrained(args.base, adapter=args.adapter)
     model.encode(sentences[: args.batch_size], batch_size=args.batch_size)  # warm-up
     rates = []
