@@ -1,6 +1,6 @@
 """One exception family for the library.
 
-Library code raises these; only ``cli.py`` turns them into ``click.ClickException``.
+Library code raises these; only ``cli/`` turns them into ``click.ClickException``.
 Every message names the offending value and, where there is one, the fix.
 """
 

@@ -7,7 +7,8 @@ normalisation -> original order.
 
 Loading resolves the base through ``hub`` (alias, folder, .gguf, hub id), optionally in
 4-bit NF4, and applies a saved adapter folder (PEFT LoRA + trained GEM rows +
-``gem_config.json``). Training lives in ``training``; adapter surgery in ``adapters``.
+``gem_config.json``). Which adapters are loaded and active is ``runtime``'s business; training lives in
+``training/``, adapter surgery (merge, stack, swap) in ``adapters/``.
 """
 
 from __future__ import annotations
@@ -20,11 +21,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import runtime
 from .config import GEMConfig
 from .errors import GEMError, ModelResolutionError
 from .hub import quantized_copy, resolve_base, store_quantized
 from .masking import attention_inputs
 from .pooling import POOLING_MODES, pool
+from .runtime import causal_lm_of
 from .tokens import add_gem_tokens, embedding_ids, leading_special_ids, pad_batch, plain_ids
 
 # Attention kernels checked against a reference in tests/test_attention.py. Others
@@ -75,7 +78,7 @@ class GEMModel:
         ``compute_dtype`` is the dtype of the 4-bit matmuls. A folder holding
         ``gem_config.json`` (a merged GEM checkpoint) keeps its trained GEM rows.
         ``fuse`` folds the adapter into the (full-precision) base weights for inference
-        speed; ``unfuse_adapters()`` or any adapter switch undoes it (see ``adapters.runtime``).
+        speed; ``unfuse_adapters()`` or any adapter switch undoes it (see ``runtime``).
         ``cache_quantized`` keeps the NF4 copy of a local base in the cache and loads it next
         time, instead of reading and quantising the full-precision weights again (see ``hub``).
         """
@@ -304,33 +307,35 @@ class GEMModel:
     def load_adapter(self, path: str | os.PathLike, name: str, *, allow_pickle: bool = False,
                      activate: bool = False) -> str:
         """Load another adapter folder onto this loaded base under ``name`` (checked first)."""
-        from .adapters import load_adapter
-
-        return load_adapter(self, path, name, allow_pickle=allow_pickle, activate=activate)
+        return runtime.load_adapter(self, path, name, allow_pickle=allow_pickle, activate=activate)
 
     def fuse_adapters(self) -> bool:
-        """Fold the active adapters into the base weights (base speed, same outputs); see ``adapters.runtime``."""
-        from .adapters import fuse_adapters
-
-        return fuse_adapters(self)
+        """Fold the active adapters into the base weights (base speed, same outputs); see ``runtime``."""
+        return runtime.fuse_adapters(self)
 
     def unfuse_adapters(self) -> None:
         """Take fused adapters back out of the base weights."""
-        from .adapters import unfuse_adapters
-
-        unfuse_adapters(self)
+        runtime.unfuse_adapters(self)
 
     def use_adapter(self, name: str | Sequence[str] | None) -> None:
         """Activate adapter ``name``, several at once (a list), or none (None)."""
-        from .adapters import use_adapter
-
-        use_adapter(self, name)
+        runtime.use_adapter(self, name)
 
     def disable_adapters(self) -> None:
         """Run the bare base (GEM rows as initialised) until ``use_adapter`` is called."""
-        from .adapters import disable_adapters
+        runtime.disable_adapters(self)
 
-        disable_adapters(self)
+    def unload_adapter(self, name: str) -> None:
+        """Remove adapter ``name`` from this model (the others stay loaded)."""
+        runtime.unload_adapter(self, name)
+
+    def adapter_names(self) -> list[str]:
+        """Names of the adapters loaded into this model."""
+        return runtime.adapter_names(self)
+
+    def active_adapters(self) -> list[str]:
+        """Names of the adapters in use now ([] for the bare base)."""
+        return runtime.active_adapters(self)
 
     # ------------------------------------------------------------------ generation
     def generate(self, inputs: str | Sequence[str] | torch.Tensor | None = None, **kwargs):
@@ -362,12 +367,6 @@ class GEMModel:
             output[:, encoded["input_ids"].shape[1] :], skip_special_tokens=True
         )
         return continuations[0] if isinstance(inputs, str) else continuations
-
-
-def causal_lm_of(model):
-    """The transformers model inside a PEFT wrapper (the model itself when unwrapped)."""
-    get_base = getattr(model, "get_base_model", None)
-    return get_base() if callable(get_base) else model
 
 
 def bnb_4bit_config(compute_dtype: torch.dtype | str = torch.float32):

@@ -79,7 +79,7 @@ def tiny_gem(architecture: str = "llama", k: int = 1, tie: bool = False, attn: s
 
 def tiny_training_config(base, data, output, **overrides):
     """A GEMTrainingConfig that trains a tiny model for a few steps in seconds."""
-    from gem_adapter.recipes import load_recipe
+    from gem_adapter.training.recipes import load_recipe
 
     values = dict(
         base_model=str(base), data=str(data), output_dir=str(output), max_steps=4,

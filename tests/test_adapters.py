@@ -26,21 +26,17 @@ from gem_adapter import (
     IncompatibleError,
     ModelResolutionError,
 )
-from gem_adapter.adapters import (
+from gem_adapter.adapters import inspect, load_adapters, merge, stack, swap
+from gem_adapter.runtime import (
     activate_adapters,
     active_adapters,
     disable_adapters,
-    inspect,
     load_adapter,
-    load_adapters,
-    merge,
-    stack,
-    swap,
     use_adapter,
     using_adapter,
 )
-from gem_adapter.recipes import load_recipe
-from gem_adapter.train import train
+from gem_adapter.training.recipes import load_recipe
+from gem_adapter.training.run import train
 
 SENTENCES = [
     f"Sentence {i} talks about the {w} near the river. Another remark follows it, with {i % 5} words more."
@@ -229,7 +225,7 @@ def test_merge_unties_embeddings_only_when_the_rows_really_differ(tmp_path, trai
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from gem_adapter.training import write_adapter
+    from gem_adapter.training.trainer import write_adapter
 
     base, _ = trained("llama", tie=True)
     gem = GEMModel.from_pretrained(base)
@@ -373,7 +369,7 @@ def test_switching_adapters_at_runtime_restores_outputs_exactly(llama, style):
 
 
 def test_fused_adapter_gives_the_unfused_outputs_and_switching_unfuses(llama, style):
-    from gem_adapter.adapters import is_fused
+    from gem_adapter.runtime import is_fused
 
     base, adapter = llama
     unfused = GEMModel.from_pretrained(base, adapter=adapter, fuse=False)
@@ -415,7 +411,7 @@ def test_runtime_refusals(root, llama, style):
 def test_swap_retargets_an_adapter_to_a_sibling_checkpoint(tmp_path, root, llama):
     from transformers import AutoConfig
 
-    from gem_adapter.training import base_fingerprint
+    from gem_adapter.config import base_fingerprint
 
     base, adapter = llama
     sibling = tiny_folder(root, "sibling", seed=7)  # same architecture, other weights ("instruct")
@@ -599,7 +595,7 @@ def test_inspect_describes_adapters_and_merged_checkpoints(tmp_path, llama, styl
 def test_cli_commands(tmp_path, root, llama, style):
     import click
 
-    from gem_adapter.adapter_commands import (
+    from gem_adapter.cli.adapters import (
         inspect_command,
         merge_command,
         stack_command,

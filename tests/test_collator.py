@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gem_adapter.collator import IGNORE_INDEX, GEMCollator
+from gem_adapter.training.collator import IGNORE_INDEX, GEMCollator
 from gem_adapter.masking import Segment, build_gem_attention_mask
 
 P, G, S, _ = Segment.PREFIX, Segment.GEM, Segment.SUFFIX, Segment.PAD

@@ -8,7 +8,7 @@ import zipfile
 import pytest
 
 from gem_adapter import GEMError
-from gem_adapter.data import make_chunks, read_texts, split_sentences, train_eval_split
+from gem_adapter.training.data import make_chunks, read_texts, split_sentences, train_eval_split
 
 from conftest import make_tokenizer
 

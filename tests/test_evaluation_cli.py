@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import SHARED_DATA
-from gem_adapter.evaluation.command import eval_command
+from gem_adapter.cli.evaluate import eval_command
 from gem_adapter.evaluation.report import render_markdown, table_rows, write_report
 
 needs_data = pytest.mark.skipif(not (SHARED_DATA / "README.md").is_file(), reason=f"no evaluation data at {SHARED_DATA}")

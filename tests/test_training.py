@@ -13,8 +13,8 @@ from transformers import TrainerCallback
 
 from gem_adapter import GEMConfigError, GEMError, GEMModel
 from gem_adapter.cli import main
-from gem_adapter.recipes import load_recipe
-from gem_adapter.train import build_peft_model, train
+from gem_adapter.training.recipes import load_recipe
+from gem_adapter.training.run import build_peft_model, train
 
 from conftest import make_tokenizer, tiny_model, tiny_training_config
 
@@ -54,8 +54,8 @@ def test_training_changes_every_trainable_parameter_and_no_frozen_one(tmp_path, 
     trainable = {name for name, p in gem.model.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n or "trainable_tokens" in n for n in trainable)
 
-    from gem_adapter.train import load_chunks, make_collator
-    from gem_adapter.training import GEMTrainer
+    from gem_adapter.training.run import load_chunks, make_collator
+    from gem_adapter.training.trainer import GEMTrainer
     from datasets import Dataset
 
     train_chunks, _unused = load_chunks(config, gem.tokenizer)
@@ -172,7 +172,7 @@ def test_4bit_qlora_on_cpu(tmp_path, corpus):
     assert any("lora_B" in k and t.abs().sum() > 0 for k, t in tensors.items())
     quantized = GEMModel.from_pretrained(base, adapter=out, load_in_4bit=True)
     assert np.isfinite(quantized.encode(["a dog", "a boat"])).all()
-    from gem_adapter.adapters import is_fused
+    from gem_adapter.runtime import is_fused
 
     assert not quantized.fuse_adapters() and not is_fused(quantized)  # NF4 weights are never rewritten
 
@@ -211,7 +211,7 @@ def test_unknown_recipe_key_names_valid_ones():
 
 
 def test_shipped_recipes_load():
-    from gem_adapter.recipes import RECIPE_DIR
+    from gem_adapter.training.recipes import RECIPE_DIR
 
     recipes = sorted(RECIPE_DIR.glob("*.yaml"))
     assert recipes

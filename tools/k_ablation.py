@@ -28,8 +28,8 @@ from pathlib import Path
 from bench_training import spearman_x100, sts_dev
 
 from gem_adapter import GEMModel
-from gem_adapter.recipes import load_recipe, parse_overrides
-from gem_adapter.train import train
+from gem_adapter.training.recipes import load_recipe, parse_overrides
+from gem_adapter.training.run import train
 
 
 def decide(rows: list[dict], min_gain: float) -> tuple[int, str]:

@@ -9,7 +9,7 @@ from typing import Any
 
 from ..config import GEMConfig
 from ..errors import GEMError, ModelResolutionError
-from .files import ADAPTER_CONFIG, folder_files, read_adapter, read_json
+from ..files import ADAPTER_CONFIG, folder_files, read_adapter, read_json
 
 KIND_ADAPTER = "GEM adapter"
 KIND_LORA = "plain LoRA adapter"
@@ -102,7 +102,7 @@ def _adapter_info(folder: Path) -> dict[str, Any]:
 
 
 def _merged_info(folder: Path) -> dict[str, Any]:
-    from .compat import architecture
+    from ..compat import architecture
 
     config = read_json(folder / "config.json")
     gem_config = GEMConfig.load(folder)
@@ -112,7 +112,7 @@ def _merged_info(folder: Path) -> dict[str, Any]:
 
     hf_config = AutoConfig.from_pretrained(str(folder))
     info["architecture"] = architecture(hf_config)
-    from ..training import base_fingerprint
+    from ..config import base_fingerprint
 
     info["fingerprint_matches"] = base_fingerprint(hf_config) == gem_config.base_fingerprint
     info["embedding_rows"] = config.get("vocab_size") or getattr(hf_config.get_text_config(), "vocab_size", None)

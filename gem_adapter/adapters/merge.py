@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..compat import _unwrapped, check_compatibility, embedding_targets, spec_from_folder
 from ..errors import GEMError
-from .compat import _unwrapped, check_compatibility, embedding_targets, spec_from_folder
-from .files import AdapterFolder, atomic_output, check_output, parse_dtype, read_adapter
+from ..files import AdapterFolder, atomic_output, check_output, parse_dtype, read_adapter
 
 MERGE_REPORT = "merge_report.json"
 PROBE_TEXTS = ("The capital of France is", "A man is playing a guitar.", "")
@@ -127,7 +127,7 @@ def recorded_base(folder: AdapterFolder) -> str:
 
 def write_merged(base_path: str, base_name: str, folder: AdapterFolder, spec, staging: Path, dtype: str) -> dict[str, Any]:
     """Build the merged model in float32, verify it, save it cast to ``dtype``; return report fields."""
-    from .. import __version__
+    from ..version import __version__
     from ..config import base_fingerprint
 
     merged = build_merged(base_path, folder, spec)

@@ -24,9 +24,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..compat import check_compatibility, spec_from_folder
 from ..errors import GEMError, IncompatibleError
-from .compat import check_compatibility, spec_from_folder
-from .files import (
+from ..files import (
     ADAPTER_CONFIG,
     SAFE_WEIGHTS,
     AdapterFolder,
@@ -116,7 +116,7 @@ def stack(
                 f"{folders[source].token_indices}; GEM adapters with other GEM tokens cannot be stacked"
             )
 
-    from .. import __version__
+    from ..version import __version__
 
     with atomic_output(out, force) as staging:
         peft_model = _load_all(base_path, folders, source)
@@ -127,7 +127,7 @@ def stack(
                                             density=density, svd_rank=svd_rank)
         except (ValueError, TypeError, RuntimeError) as exc:
             raise GEMError(f"PEFT could not combine the adapters with {method!r}: {exc}") from None
-        from .runtime import tolerant_token_wrappers
+        from ..runtime import tolerant_token_wrappers
 
         with tolerant_token_wrappers():
             peft_model.save_pretrained(str(staging / ".peft"), selected_adapters=[_COMBINED], save_embedding_layers=False)
@@ -206,7 +206,7 @@ def _load_all(base_path: str, folders: dict[str, AdapterFolder], source: str):
     gem = GEMModel(lm, AutoTokenizer.from_pretrained(str(folders[source].path)), folders[source].gem_config)
     names = list(folders)
     model = PeftModel.from_pretrained(gem.model, str(folders[names[0]].path), adapter_name=names[0], is_trainable=False)
-    from .runtime import tolerant_token_wrappers
+    from ..runtime import tolerant_token_wrappers
 
     with tolerant_token_wrappers():
         for name in names[1:]:

@@ -5,7 +5,8 @@ the same architecture and vocabulary (its instruct version): the deltas and the 
 are values of the same shapes. ``swap`` checks that the new base fits, then writes a ready
 adapter folder whose ``adapter_config.json`` and ``gem_config.json`` name the new base and
 its fingerprint, with the new base's tokenizer (plus GEM tokens); ``merge=True`` also folds
-it into a merged checkpoint.
+it into a merged checkpoint. ``load_adapters`` is the runtime side: one base loaded once
+with several adapters on it, switched with ``GEMModel.use_adapter``.
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ import dataclasses
 import json
 import os
 import shutil
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import IncompatibleError
-from .compat import check_compatibility, spec_from_folder
-from .files import (
+from ..compat import check_compatibility, spec_from_folder
+from ..errors import GEMError, IncompatibleError
+from ..files import (
     ADAPTER_CONFIG,
     SAFE_WEIGHTS,
     atomic_output,
@@ -28,6 +30,8 @@ from .files import (
     parse_dtype,
     read_adapter,
 )
+from ..model import GEMModel
+from ..runtime import load_adapter, use_adapter
 from .merge import MergeReport, merge, require_gem
 
 SWAP_REPORT = "swap_report.json"
@@ -85,7 +89,7 @@ def swap(
 
     from safetensors.torch import save_file
 
-    from .. import __version__
+    from ..version import __version__
 
     with atomic_output(out, force) as staging:
         if folder.pickled:  # re-targeting is a chance to drop the pickle
@@ -124,4 +128,23 @@ def _tokenizer_with_gem_tokens(base_path: str, folder):
     return tokenizer
 
 
-__all__ = ["SWAP_REPORT", "SwapReport", "swap"]
+def load_adapters(base: str | os.PathLike, adapters: Mapping[str, str | os.PathLike],
+                  active: Sequence[str] | None = None, *, allow_pickle: bool = False, **kwargs):
+    """A ``GEMModel`` of ``base`` with every adapter loaded and ``active`` (default: all) in use.
+
+    The GEM tokens come from the (first) GEM adapter among ``adapters``; ``kwargs`` go to
+    ``GEMModel.from_pretrained`` (``load_in_4bit``, ``dtype``, ``device``...).
+    """
+    if not adapters:
+        raise GEMError("load_adapters needs at least one adapter (name -> folder)")
+    folders = {name: read_adapter(path, allow_pickle=allow_pickle) for name, path in adapters.items()}
+    gem_folder = next((f for f in folders.values() if f.is_gem), None)
+    config = dataclasses.replace(gem_folder.gem_config, template=None) if gem_folder is not None else None
+    gem = GEMModel.from_pretrained(base, config=config, **kwargs)
+    for name, folder in folders.items():
+        load_adapter(gem, folder.path, name, allow_pickle=allow_pickle)
+    use_adapter(gem, list(active) if active is not None else list(adapters))
+    return gem
+
+
+__all__ = ["SWAP_REPORT", "SwapReport", "load_adapters", "swap"]

@@ -1,7 +1,15 @@
 """Evaluation: MTEB tasks on offline data, LM-preservation metrics, baselines, reports.
 
 ``run_evaluation`` runs GEM against the decoder baselines (mean, last token, PromptEOL) and
-all-MiniLM-L6-v2; ``eval_command`` is its ``gem eval`` command. Heavy libraries (mteb,
+all-MiniLM-L6-v2; ``cli/evaluate.py`` is its ``gem eval`` command.
+
+| module | what it does |
+|---|---|
+| ``tasks`` | MTEB tasks (STS, classification, retrieval) with our offline copies injected |
+| ``encoder`` | ``GEMEncoder``: a ``GEMModel`` behind mteb's encoder protocol; MiniLM reference |
+| ``lm`` | LM preservation: MMLU, ARC-Easy, HellaSwag, WikiText-2 perplexity |
+| ``runner`` | ``run_evaluation``: suites, baselines, one output folder |
+| ``report`` | ``summary.json`` -> ``report.md`` and ``report.png`` | Heavy libraries (mteb,
 sentence-transformers, matplotlib) are imported only when a function needs them.
 """
 
@@ -19,6 +27,7 @@ from .lm import (
     perplexity,
     sliding_windows,
 )
+from .report import table_rows, write_report
 from .runner import ALL_TASKS, BASELINES, SUITES, Suite, evaluate_mteb, run_evaluation
 from .tasks import MTEB_TASKS, LoadedTask, MissingDataError, default_data_dir, load_task, resolve_data_dir
 
@@ -48,4 +57,6 @@ __all__ = [
     "resolve_data_dir",
     "run_evaluation",
     "sliding_windows",
+    "table_rows",
+    "write_report",
 ]

@@ -16,9 +16,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from .errors import GEMError
+from ..errors import GEMError
 from .recipes import RESOLVED_NAME, save_resolved
-from .training import (
+from .trainer import (
     LOSS_LOG,
     SUMMARY,
     EpochSetter,
@@ -73,7 +73,7 @@ def build_peft_model(config: GEMTrainingConfig):
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import set_seed
 
-    from .model import GEMModel
+    from ..model import GEMModel
 
     gem = GEMModel.from_pretrained(
         config.base_model, load_in_4bit=config.load_in_4bit, compute_dtype=config.bnb_compute_dtype,
@@ -106,7 +106,7 @@ def train(
     from datasets import Dataset
     from transformers import AutoTokenizer
 
-    from .hub import resolve_base
+    from ..hub import resolve_base
 
     output_dir = Path(config.output_dir)
     checkpoint = prepare_output_dir(output_dir, resume, overwrite)
@@ -179,7 +179,7 @@ def save_adapter(gem, output_dir: Path) -> None:
 def make_collator(config: GEMTrainingConfig, gem):
     """The GEM collator for this config and loaded model (GEM ids, template, padding)."""
     from .collator import GEMCollator
-    from .tokens import leading_special_ids
+    from ..tokens import leading_special_ids
 
     head, tail = gem.template_ids(config.embed_template)
     return GEMCollator(

@@ -16,7 +16,7 @@ import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from .errors import GEMError
+from ..errors import GEMError
 
 CHUNK_UNITS: tuple[str, ...] = ("sentence", "paragraph")
 

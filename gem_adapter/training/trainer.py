@@ -25,14 +25,14 @@ import torch
 from trl import SFTConfig, SFTTrainer
 from transformers import TrainerCallback
 
-from . import __version__
+from ..config import GEMConfig, base_fingerprint
+from ..errors import GEMConfigError
+from ..masking import Segment, attention_inputs
+from ..pooling import pool
+from ..runtime import causal_lm_of
+from ..version import __version__
 from .collator import IGNORE_INDEX, VIEW_MODES, GEMCollator
-from .config import GEMConfig, base_fingerprint
 from .data import CHUNK_UNITS
-from .errors import GEMConfigError
-from .masking import Segment, attention_inputs
-from .model import causal_lm_of
-from .pooling import pool
 
 LOSS_LOG = "loss_log.jsonl"
 LOSS_CURVE = "loss_curve.png"

@@ -11,22 +11,23 @@ plain base's speed (unfused, each LoRA layer adds two small matmuls per call: en
 0.85x and generate at 0.53x of the base in tools/bench.py on CPU). Every function that
 changes which adapters are in use unfuses first, so switching stays exact.
 
-The bookkeeping lives on the ``GEMModel`` instance (attribute ``_gem_adapters``) so these
+The bookkeeping lives on the model object passed in (attribute ``_gem_adapters``), so these
 functions work on any ``GEMModel``, including one loaded with ``adapter=``, whose adapter is
-PEFT's ``default``.
+PEFT's ``default``. It sits below ``model.py``: an object with ``model``, ``config`` and
+``tokenizer`` attributes is all it needs.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from ..config import GEMConfig
-from ..errors import GEMError
 from .compat import check_compatibility, spec_from_model
+from .config import GEMConfig
+from .errors import GEMError
 from .files import read_adapter
 
 _REGISTRY = "_gem_adapters"
@@ -84,10 +85,14 @@ def _is_peft(gem) -> bool:
     return hasattr(gem.model, "peft_config") and hasattr(gem.model, "base_model")
 
 
+def causal_lm_of(model):
+    """The transformers model inside a PEFT wrapper (the model itself when unwrapped)."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
 def is_quantized(gem) -> bool:
     """Whether the loaded base holds quantised (bitsandbytes) weights."""
-    from ..model import causal_lm_of
-
     lm = causal_lm_of(gem.model)
     return getattr(lm, "hf_quantizer", None) is not None or getattr(lm.config, "quantization_config", None) is not None
 
@@ -260,27 +265,6 @@ def using_adapter(gem, name: str | Sequence[str] | None) -> Iterator:
         use_adapter(gem, previous or None)
 
 
-def load_adapters(base: str | os.PathLike, adapters: Mapping[str, str | os.PathLike],
-                  active: Sequence[str] | None = None, *, allow_pickle: bool = False, **kwargs):
-    """A ``GEMModel`` of ``base`` with every adapter loaded and ``active`` (default: all) in use.
-
-    The GEM tokens come from the (first) GEM adapter among ``adapters``; ``kwargs`` go to
-    ``GEMModel.from_pretrained`` (``load_in_4bit``, ``dtype``, ``device``...).
-    """
-    from ..model import GEMModel
-
-    if not adapters:
-        raise GEMError("load_adapters needs at least one adapter (name -> folder)")
-    folders = {name: read_adapter(path, allow_pickle=allow_pickle) for name, path in adapters.items()}
-    gem_folder = next((f for f in folders.values() if f.is_gem), None)
-    config = dataclasses.replace(gem_folder.gem_config, template=None) if gem_folder is not None else None
-    gem = GEMModel.from_pretrained(base, config=config, **kwargs)
-    for name, folder in folders.items():
-        load_adapter(gem, folder.path, name, allow_pickle=allow_pickle)
-    use_adapter(gem, list(active) if active is not None else list(adapters))
-    return gem
-
-
 __all__ = [
     "activate_adapters",
     "active_adapters",
@@ -288,9 +272,9 @@ __all__ = [
     "disable_adapters",
     "fuse_adapters",
     "is_fused",
+    "causal_lm_of",
     "is_quantized",
     "load_adapter",
-    "load_adapters",
     "unfuse_adapters",
     "unload_adapter",
     "use_adapter",

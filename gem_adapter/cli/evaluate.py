@@ -1,4 +1,4 @@
-"""``gem eval``: the click command over ``run_evaluation`` (registered by ``cli.py``).
+"""``gem eval``: the click command over ``evaluation.run_evaluation``.
 
 A thin layer: it parses options, calls ``run_evaluation`` and prints where the report is.
 Library errors (``GEMError``) become one-line ``click.ClickException`` errors.
@@ -51,7 +51,7 @@ def eval_command(base, adapter, suite, tasks, baselines, out_dir, data_dir, over
       gem eval --adapter runs/gem-adapter --suite full --out runs/eval-full
       gem eval --tasks STSBenchmark,MMLU --baselines mean,minilm --out runs/eval-sts
     """
-    from .runner import run_evaluation
+    from ..evaluation import run_evaluation, table_rows
 
     try:
         summary = run_evaluation(base=base, adapter=adapter, suite=suite, tasks=_names(tasks),
@@ -59,8 +59,6 @@ def eval_command(base, adapter, suite, tasks, baselines, out_dir, data_dir, over
                                  batch_size=batch_size, limit=limit, overwrite=overwrite)
     except GEMError as exc:
         raise click.ClickException(str(exc)) from None
-    from .report import table_rows
-
     header, rows = table_rows(summary)
     click.echo(" | ".join(header))
     for cells in rows:

@@ -32,8 +32,8 @@ from typing import Any
 
 import torch
 
-from .masking import Segment
-from .tokens import embedding_ids, pad_batch, plain_ids, split_ids
+from ..masking import Segment
+from ..tokens import embedding_ids, pad_batch, plain_ids, split_ids
 
 IGNORE_INDEX = -100
 VIEW_MODES: tuple[str, ...] = ("crop", "dropout")

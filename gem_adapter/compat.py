@@ -20,8 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import IncompatibleError
+from .config import base_fingerprint
+from .errors import IncompatibleError
 from .files import AdapterFolder
+from .hub import resolve_base
 
 # (config attribute, words used in messages)
 ARCH_FIELDS: tuple[tuple[str, str], ...] = (
@@ -55,8 +57,6 @@ class BaseSpec:
         return bool(getattr(self.config, "tie_word_embeddings", False))
 
     def fingerprint(self) -> str:
-        from ..config import base_fingerprint
-
         return base_fingerprint(self.config)
 
 
@@ -83,8 +83,6 @@ def spec_from_folder(base: str | os.PathLike) -> tuple[str, BaseSpec]:
     """
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    from ..hub import resolve_base
 
     base_path = resolve_base(base)
     config = AutoConfig.from_pretrained(base_path)
@@ -139,8 +137,6 @@ def source_config(adapter: AdapterFolder):
     """The config of the base the adapter was trained on, if readable offline and unchanged."""
     from transformers import AutoConfig
 
-    from ..hub import resolve_base
-
     candidates = []
     if adapter.gem_config is not None and adapter.gem_config.base_model:
         candidates.append(adapter.gem_config.base_model)
@@ -155,11 +151,8 @@ def source_config(adapter: AdapterFolder):
             config = AutoConfig.from_pretrained(path, local_files_only=True)
         except Exception:  # gone, renamed, offline: fall back to the tensor shapes
             continue
-        if recorded is not None:
-            from ..config import base_fingerprint
-
-            if base_fingerprint(text_config(config)) != recorded:
-                continue
+        if recorded is not None and base_fingerprint(text_config(config)) != recorded:
+            continue
         return text_config(config)
     return None
 

@@ -19,9 +19,9 @@ from typing import Any
 
 import yaml
 
-from .errors import GEMConfigError
+from ..errors import GEMConfigError
 
-RECIPE_DIR = Path(__file__).resolve().parent.parent / "recipes"
+RECIPE_DIR = Path(__file__).resolve().parents[2] / "recipes"
 
 
 class _RecipeLoader(yaml.SafeLoader):
@@ -71,7 +71,7 @@ def parse_overrides(pairs: list[str] | tuple[str, ...]) -> dict[str, Any]:
 
 def load_recipe(name_or_path: str | Path | None = None, overrides: dict[str, Any] | None = None):
     """Build a validated ``GEMTrainingConfig`` from a recipe file and overrides."""
-    from .training import GEMTrainingConfig
+    from .trainer import GEMTrainingConfig
 
     values: dict[str, Any] = {}
     if name_or_path is not None:
@@ -99,7 +99,7 @@ def load_recipe(name_or_path: str | Path | None = None, overrides: dict[str, Any
 
 def check_keys(values: dict[str, Any]) -> None:
     """Refuse unknown keys and values of the wrong type, naming the key."""
-    from .training import GEMTrainingConfig
+    from .trainer import GEMTrainingConfig
 
     fields = {f.name: f for f in dataclasses.fields(GEMTrainingConfig) if f.init}
     hints = typing.get_type_hints(GEMTrainingConfig)
@@ -118,7 +118,7 @@ def check_keys(values: dict[str, Any]) -> None:
 
 def _coerce_numbers(values: dict[str, Any]) -> dict[str, Any]:
     """PyYAML reads ``1e-4`` (no dot) as a string; fields typed float take it as a number."""
-    from .training import GEMTrainingConfig
+    from .trainer import GEMTrainingConfig
 
     hints = typing.get_type_hints(GEMTrainingConfig)
     result = dict(values)
@@ -136,7 +136,7 @@ def _coerce_numbers(values: dict[str, Any]) -> dict[str, Any]:
 def gem_field_names() -> set[str]:
     from trl import SFTConfig
 
-    from .training import GEMTrainingConfig
+    from .trainer import GEMTrainingConfig
 
     return {f.name for f in dataclasses.fields(GEMTrainingConfig)} - {f.name for f in dataclasses.fields(SFTConfig)}
 

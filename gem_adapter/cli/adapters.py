@@ -1,34 +1,16 @@
-"""``gem merge``, ``gem stack``, ``gem swap`` and ``gem inspect``: thin click layers over ``adapters``.
-
-Register them on the ``gem`` group with ``main.add_command(merge_command)`` etc. Library
-errors (``GEMError``) become one-line ``click.ClickException`` messages here.
-"""
+"""``gem merge``, ``gem stack``, ``gem swap`` and ``gem inspect``: thin click layers over ``adapters``."""
 
 from __future__ import annotations
 
-import functools
 import json
 from pathlib import Path
 
 import click
 
-from .errors import GEMError
+from .common import library_errors
 
 _DTYPES = click.Choice(["float32", "bfloat16", "float16"])
 _METHODS = click.Choice(["linear", "cat", "svd", "ties", "dare_ties", "dare_linear"])
-
-
-def _library_errors(command):
-    """Library and input errors -> one-line CLI errors (exit code 1)."""
-
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        try:
-            return command(*args, **kwargs)
-        except (GEMError, ValueError) as exc:
-            raise click.ClickException(str(exc)) from None
-
-    return wrapper
 
 
 def _echo_lines(lines: list[str]) -> None:
@@ -44,7 +26,7 @@ def _echo_lines(lines: list[str]) -> None:
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
 @click.option("--allow-pickle", is_flag=True, help="Accept an adapter_model.bin pickle (only from a source you trust).")
 @click.option("--json", "as_json", is_flag=True, help="Print the merge report as JSON.")
-@_library_errors
+@library_errors
 def merge_command(base, adapter, out, dtype, force, allow_pickle, as_json) -> None:
     """Fold a GEM adapter (LoRA + GEM rows) into a standalone checkpoint.
 
@@ -57,7 +39,7 @@ def merge_command(base, adapter, out, dtype, force, allow_pickle, as_json) -> No
       gem merge --base smollm2-135m --adapter runs/gem --out merged/
       gem merge --adapter runs/llama --out merged-llama --dtype bfloat16
     """
-    from .adapters import merge
+    from ..adapters import merge
 
     report = merge(base, adapter, out, dtype=dtype, force=force, allow_pickle=allow_pickle)
     if as_json:
@@ -80,7 +62,7 @@ def merge_command(base, adapter, out, dtype, force, allow_pickle, as_json) -> No
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder for the combined adapter.")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
 @click.option("--allow-pickle", is_flag=True, help="Accept adapter_model.bin pickles (only from sources you trust).")
-@_library_errors
+@library_errors
 def stack_command(base, adapters, weights, method, density, svd_rank, gem_rows_from, seed, out, force, allow_pickle) -> None:
     """Combine a GEM adapter with other LoRAs into one GEM adapter (GEM rows kept).
 
@@ -89,7 +71,7 @@ def stack_command(base, adapters, weights, method, density, svd_rank, gem_rows_f
       gem stack --base ./llama --adapter gem=runs/gem --adapter style=./style-lora --out stacked
       gem stack --base ./llama --adapter gem=runs/gem --adapter code=./code-lora --weights 1,0.5 --method cat --out s2
     """
-    from .adapters import parse_weights, stack
+    from ..adapters import parse_weights, stack
 
     named = {}
     for item in adapters:
@@ -113,7 +95,7 @@ def stack_command(base, adapters, weights, method, density, svd_rank, gem_rows_f
 @click.option("--dtype", type=_DTYPES, default="float32", show_default=True, help="Dtype of the merged weights.")
 @click.option("--force", is_flag=True, help="Replace existing output folders.")
 @click.option("--allow-pickle", is_flag=True, help="Accept an adapter_model.bin pickle (re-saved as safetensors).")
-@_library_errors
+@library_errors
 def swap_command(base, adapter, out, merge_model, merged_out, dtype, force, allow_pickle) -> None:
     """Re-target a GEM adapter to a sibling checkpoint (e.g. base -> instruct).
 
@@ -122,7 +104,7 @@ def swap_command(base, adapter, out, merge_model, merged_out, dtype, force, allo
       gem swap --base ./llama-instruct --adapter runs/llama-base-gem --out runs/llama-instruct-gem
       gem swap --base ./llama-instruct --adapter runs/llama-base-gem --out runs/li-gem --merge
     """
-    from .adapters import swap
+    from ..adapters import swap
 
     if merged_out is not None:
         merge_model = True
@@ -134,7 +116,7 @@ def swap_command(base, adapter, out, merge_model, merged_out, dtype, force, allo
 @click.command("inspect")
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of key: value lines.")
-@_library_errors
+@library_errors
 def inspect_command(path, as_json) -> None:
     """Say what PATH is: GEM adapter, plain LoRA or merged GEM checkpoint, and its settings.
 
@@ -143,10 +125,8 @@ def inspect_command(path, as_json) -> None:
       gem inspect runs/gem
       gem inspect merged/ --json
     """
-    from .adapters import format_inspection, inspect
+    from ..adapters import format_inspection, inspect
 
     info = inspect(path)
     click.echo(json.dumps(info, indent=2, default=str) if as_json else format_inspection(info))
 
-
-ADAPTER_COMMANDS = (merge_command, stack_command, swap_command, inspect_command)

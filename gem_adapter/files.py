@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import GEM_CONFIG_NAME, GEMConfig
-from ..errors import GEMError, IncompatibleError, ModelResolutionError
+from .config import GEM_CONFIG_NAME, GEMConfig
+from .errors import GEMError, IncompatibleError, ModelResolutionError
 
 ADAPTER_CONFIG = "adapter_config.json"
 SAFE_WEIGHTS = "adapter_model.safetensors"

@@ -1,0 +1,59 @@
+"""The ``gem`` click group; each command group lives in a module of its own beside this one.
+
+Library errors (``GEMError``) become ``click.ClickException`` in ``cli/`` and nowhere else
+(``common.library_errors``), so every command fails with one line that names the problem and
+the fix.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ..hub import DEFAULT_MODEL
+from ..version import __version__
+from .adapters import inspect_command, merge_command, stack_command, swap_command
+from .embed import embed_command
+from .evaluate import eval_command
+from .train import train_command
+
+
+@click.group()
+@click.version_option(__version__, prog_name="gem-adapter")
+def main() -> None:
+    """GEM: embeddings from a decoder LLM that keeps generating.
+
+    \b
+    Examples:
+      gem info
+      gem embed --input texts.txt --output emb.npy
+      gem embed --base ./my-llama --adapter ./gem-adapter --input docs.jsonl --output docs.npy
+    """
+
+
+@main.command()
+def info() -> None:
+    """Print versions, the cache location and whether the default model is ready."""
+    import importlib.metadata as metadata
+
+    from ..hub import alias_status, cache_dir
+
+    click.echo(f"gem-adapter {__version__} (python {sys.version.split()[0]})")
+    for package in ("torch", "transformers", "peft", "trl", "bitsandbytes", "mteb", "sentence-transformers"):
+        try:
+            version = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            version = "not installed"
+        click.echo(f"{package}: {version}")
+    click.echo(f"cache: {cache_dir()}")
+    click.echo(f"default model {alias_status(DEFAULT_MODEL)}")
+
+
+for command in (embed_command, train_command, eval_command, merge_command, stack_command, swap_command,
+                inspect_command):
+    main.add_command(command)
+
+
+if __name__ == "__main__":
+    main()

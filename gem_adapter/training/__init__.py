@@ -1,0 +1,50 @@
+"""Training a GEM adapter: corpus -> chunks -> GEM samples -> TRL trainer -> adapter folder.
+
+| module | what it does |
+|---|---|
+| ``data`` | read corpora (.txt, .jsonl, NLTK .zip, saved datasets), sentence/paragraph chunks |
+| ``collator`` | chunks -> GEM samples (random split, labels on the suffix) and plain samples, contrastive views |
+| ``trainer`` | ``GEMTrainingConfig`` (extends TRL's ``SFTConfig``) and ``GEMTrainer``: the loss under the GEM mask |
+| ``recipes`` | YAML recipes -> validated ``GEMTrainingConfig``; ``--set key=value`` overrides |
+| ``run`` | ``train(config)``: the whole job, checked before any model loads |
+
+``trainer`` and ``run`` import TRL (the ``train`` extra); their names are loaded on first
+use, so reading data or recipes does not pull TRL in.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .collator import IGNORE_INDEX, GEMCollator
+from .data import make_chunks, read_jsonl, read_texts, split_sentences, train_eval_split
+from .recipes import RECIPE_DIR, load_recipe, parse_overrides
+
+_LAZY = {
+    "GEMTrainer": "trainer",
+    "GEMTrainingConfig": "trainer",
+    "train": "run",
+}
+
+__all__ = [
+    "IGNORE_INDEX",
+    "RECIPE_DIR",
+    "GEMCollator",
+    "GEMTrainer",
+    "GEMTrainingConfig",
+    "load_recipe",
+    "make_chunks",
+    "parse_overrides",
+    "read_jsonl",
+    "read_texts",
+    "split_sentences",
+    "train",
+    "train_eval_split",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
