@@ -24,12 +24,15 @@ _WING_NAMES = {
     "GEMTrainingConfig": "training",
     "load_recipe": "training",
     "train": "training",
+    "export": "adapters",
     "inspect": "adapters",
     "load_adapters": "adapters",
     "merge": "adapters",
     "stack": "adapters",
     "swap": "adapters",
     "run_evaluation": "evaluation",
+    "create_app": "serving",
+    "serve": "serving",
 }
 
 __all__ = [
@@ -47,6 +50,8 @@ __all__ = [
     "__version__",
     "build_gem_attention_mask",
     "cache_dir",
+    "create_app",
+    "export",
     "inspect",
     "load_adapters",
     "load_recipe",
@@ -54,6 +59,7 @@ __all__ = [
     "pool",
     "resolve_base",
     "run_evaluation",
+    "serve",
     "stack",
     "swap",
     "train",

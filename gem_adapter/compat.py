@@ -22,7 +22,7 @@ from typing import Any
 
 from .config import base_fingerprint
 from .errors import IncompatibleError
-from .files import AdapterFolder
+from .files import ADAPTER_CONFIG, AdapterFolder, module_label, targets_module, targets_text
 from .hub import resolve_base
 
 # (config attribute, words used in messages)
@@ -241,6 +241,26 @@ def _check_modules(adapter: AdapterFolder, base: BaseSpec, fix: str) -> None:
             raise IncompatibleError(
                 f"LoRA module {name!r} has (in, out) = {found} but the base's is {(expected_in, expected_out)} {fix}"
             )
+    _check_targets_present(adapter, base)
+
+
+def _check_targets_present(adapter: AdapterFolder, base: BaseSpec) -> None:
+    """Every base module the config targets must have its LoRA in the file (PEFT would make one up)."""
+    if not adapter.opened or not adapter.lora_modules:
+        return
+    absent = [
+        name for name in sorted(base.modules)
+        if name not in adapter.lora_modules and targets_module(
+            adapter.config, name, embedding=name == base.input_embedding, output_layer=name == base.output_embedding)
+    ]
+    if absent:
+        leaves = sorted({name.rsplit(".", 1)[-1] for name in absent})
+        raise IncompatibleError(
+            f"adapter {adapter.path}: {ADAPTER_CONFIG} says target_modules={targets_text(adapter.config.get('target_modules'))}, "
+            f"which in this base also covers {', '.join(leaves)} ({len(absent)} modules, e.g. {module_label(absent[0])}), "
+            f"but {adapter.weights.name} holds no LoRA weights for them; the config was edited or belongs to other "
+            "weights - restore it"
+        )
 
 
 def _vocab_rows(adapter: AdapterFolder, base: BaseSpec) -> int:

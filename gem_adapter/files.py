@@ -3,8 +3,14 @@
 ``read_adapter`` validates a folder before any model is loaded: ``adapter_config.json``
 must be JSON describing a LoRA, the weights must be ``adapter_model.safetensors`` (a pickle
 ``adapter_model.bin`` only with ``allow_pickle``) and readable, and ``gem_config.json``, when
-present, must be valid. ``atomic_output`` hands out a staging folder beside the target and
-renames it into place only when everything was written.
+present, must be valid. The config must also describe the weights it sits beside: every
+LoRA module in the file covered by ``target_modules`` (names, a regex string or
+``all-linear``, minus ``exclude_modules`` and layers outside ``layers_to_transform``), and
+every A/B pair of the rank ``r`` (or its ``rank_pattern`` entry) says, so an edited or
+swapped config is refused instead of silently dropping or mis-sizing weights.
+``atomic_output`` hands out a staging folder beside the target and renames it into place
+only when everything was written; staging folders left by killed runs are removed by the
+next run on the same target (see ``hub.staging_folder``).
 """
 
 from __future__ import annotations
@@ -13,8 +19,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -23,12 +27,15 @@ from typing import Any
 
 from .config import GEM_CONFIG_NAME, GEMConfig
 from .errors import GEMError, IncompatibleError, ModelResolutionError
+from .hub import remove_stale_staging, staging_folder, staging_name
 
 ADAPTER_CONFIG = "adapter_config.json"
 SAFE_WEIGHTS = "adapter_model.safetensors"
 PICKLE_WEIGHTS = "adapter_model.bin"
 TRAINING_CONFIG = "training_config.json"
 DTYPES = ("float32", "bfloat16", "float16")
+ALL_LINEAR = "all-linear"  # PEFT's shorthand: every linear layer but the output layer
+_RESTORE = "the config was edited or belongs to other weights - restore it"
 
 # A saved PEFT key: base_model.model.<module path>.<adapter part>
 _KEY = re.compile(
@@ -70,6 +77,8 @@ class AdapterFolder:
     weights: Path
     pickled: bool
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    opened: bool = True  # False: a pickle read_adapter was not allowed to open (shapes unknown)
+    problems: list[GEMError] = field(default_factory=list)  # found by read_adapter(strict=False)
 
     @property
     def is_gem(self) -> bool:
@@ -139,11 +148,14 @@ class AdapterFolder:
         return load_tensors(self.weights, self.pickled)
 
 
-def read_adapter(path: str | os.PathLike, allow_pickle: bool = False) -> AdapterFolder:
+def read_adapter(path: str | os.PathLike, allow_pickle: bool = False, *, strict: bool = True) -> AdapterFolder:
     """Validate an adapter folder and read its configs and tensor shapes (no model load).
 
     Raises ``ModelResolutionError`` for a missing folder or file, ``GEMError`` for a corrupt
-    file or a refused pickle, ``IncompatibleError`` for a non-LoRA adapter.
+    file or a refused pickle, ``IncompatibleError`` for a non-LoRA adapter or a config that
+    does not describe its weights (targets, ranks). With ``strict=False`` (for describing a
+    broken folder) the problems with the weights are collected in ``problems`` instead; a
+    refused pickle is then left unopened (``opened`` False, no shapes).
     """
     folder = Path(path)
     if not folder.is_dir():
@@ -172,18 +184,163 @@ def read_adapter(path: str | os.PathLike, allow_pickle: bool = False) -> Adapter
             raise ModelResolutionError(
                 f"adapter folder {folder} has no {SAFE_WEIGHTS}; the adapter was not saved completely - re-save or re-train it"
             )
+        weights, pickled = pickle_file, True
         if not allow_pickle:
-            raise GEMError(
+            refused = GEMError(
                 f"adapter {folder} holds only the pickle file {PICKLE_WEIGHTS}, which can run code when loaded; "
                 f"re-save it as safetensors, or pass allow_pickle=True / --allow-pickle if you trust its source"
             )
-        weights, pickled = pickle_file, True
-    adapter = AdapterFolder(folder, config, gem_config, weights, pickled, tensor_shapes(weights, pickled))
+            if strict:
+                raise refused
+            return AdapterFolder(folder, config, gem_config, weights, True, {}, opened=False, problems=[refused])
+    problems: list[GEMError] = []
+    try:
+        shapes = tensor_shapes(weights, pickled)
+    except GEMError as exc:
+        if strict:
+            raise
+        return AdapterFolder(folder, config, gem_config, weights, pickled, {}, problems=[exc])
+    adapter = AdapterFolder(folder, config, gem_config, weights, pickled, shapes)
     if not adapter.lora_modules:
-        raise GEMError(f"{weights} holds no LoRA tensors; the file is not a LoRA adapter - re-save it")
+        problems.append(GEMError(f"{weights} holds no LoRA tensors; the file is not a LoRA adapter - re-save it"))
     if adapter.is_gem:
-        _check_gem_rows(adapter)
+        try:
+            _check_gem_rows(adapter)
+        except IncompatibleError as exc:
+            problems.append(exc)
+    problems.extend(config_problems(adapter))
+    if strict and problems:
+        raise problems[0]
+    adapter.problems = problems
     return adapter
+
+
+def module_label(name: str) -> str:
+    """``model.layers.3.self_attn.q_proj`` -> ``q_proj of layer 3`` (the full name otherwise)."""
+    match = re.search(r"(?:^|\.)layers\.(\d+)\.", name)
+    return f"{name.rsplit('.', 1)[-1]} of layer {match.group(1)}" if match else name
+
+
+def targets_module(config: dict[str, Any], name: str, *, embedding: bool = False, output_layer: bool = False) -> bool:
+    """Whether PEFT, given ``config``, puts a LoRA on module ``name`` (its path in the causal LM).
+
+    Follows PEFT's rules: ``exclude_modules`` first (a regex string matched in full, or names
+    matched as the path or its tail), then ``target_modules`` as a regex string matched in
+    full, ``all-linear`` (every linear layer but the output layer), or a list of names
+    matched as the path or its tail, the list form also filtered by ``layers_to_transform``.
+    ``modules_to_save`` are never targeted.
+    """
+    excluded = config.get("exclude_modules")
+    if excluded:
+        if isinstance(excluded, str):
+            if re.fullmatch(excluded, name):
+                return False
+        elif name in excluded or any(name.endswith(f".{e}") for e in excluded):
+            return False
+    saved = config.get("modules_to_save") or []
+    if any(re.match(rf"(^|.*\.){m}($|\..*)", name) for m in saved):
+        return False  # PEFT never puts a LoRA on a module it saves whole
+    targets = config.get("target_modules")
+    if not targets:
+        return False
+    if isinstance(targets, str):
+        if targets == ALL_LINEAR:
+            return not embedding and not output_layer and name.rsplit(".", 1)[-1] != "lm_head"
+        return re.fullmatch(targets, name) is not None
+    if name in targets:
+        return True
+    if not any(name.endswith(f".{t}") for t in targets):
+        return False
+    layers = config.get("layers_to_transform")
+    if layers is None or (isinstance(layers, list) and not layers):
+        return True
+    patterns = config.get("layers_pattern")
+    match = None
+    if not patterns:
+        match = re.match(r".*?\.[^.]*\.(?P<idx>\d+)\.", name)
+    else:
+        for pattern in [patterns] if isinstance(patterns, str) else patterns:
+            match = re.match(rf"(?:^|.*?\.){pattern}\.(?P<idx>\d+)\.", name)
+            if match is not None:
+                break
+    if match is None:
+        return False
+    index = int(match["idx"])
+    return index == layers if isinstance(layers, int) else index in layers
+
+
+def targets_text(targets: Any) -> str:
+    """``target_modules`` for a message: in full, or its first names when it lists many paths."""
+    if isinstance(targets, (list, tuple, set)) and len(targets) > 8:
+        names = sorted(targets)
+        return f"[{len(names)} names: {', '.join(map(repr, names[:3]))}, ...]"
+    return repr(targets)
+
+
+def expected_rank(config: dict[str, Any], name: str) -> tuple[int, str]:
+    """The rank PEFT gives module ``name`` and the config field it comes from (``r`` or a ``rank_pattern`` entry)."""
+    for key, value in (config.get("rank_pattern") or {}).items():
+        if re.match(rf"(.*\.)?({key})$", name):
+            return value, f"rank_pattern[{key!r}]={value}"
+    return config.get("r", 8), f"r={config.get('r', 8)}"
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def config_problems(adapter: AdapterFolder) -> list[GEMError]:
+    """Ways ``adapter_config.json`` does not describe the weights file beside it (empty when it does).
+
+    Every LoRA module in the file must be one the config targets, and each A/B pair must
+    have the rank the config gives that module; ``r``, ``lora_alpha`` and the pattern
+    values must be positive numbers.
+    """
+    config, label, file = adapter.config, f"adapter {adapter.path}", adapter.weights.name
+    problems: list[GEMError] = []
+    fields = [("r", config.get("r", 8)), ("lora_alpha", config.get("lora_alpha", 8))]
+    fields += [(f"rank_pattern[{k!r}]", v) for k, v in (config.get("rank_pattern") or {}).items()]
+    fields += [(f"alpha_pattern[{k!r}]", v) for k, v in (config.get("alpha_pattern") or {}).items()]
+    for name, value in fields:
+        if not _is_number(value) or value <= 0 or (name.startswith(("r", "rank")) and value != int(value)):
+            kind = "a positive whole number" if name.startswith(("r", "rank")) else "a positive number"
+            problems.append(IncompatibleError(
+                f"{label}: {ADAPTER_CONFIG} says {name}={value!r}, which is not {kind}; {_RESTORE}"))
+    if problems:
+        return problems
+    modules = adapter.lora_modules
+    targets = config.get("target_modules")
+    uncovered = [n for n, m in sorted(modules.items()) if not targets_module(config, n, embedding=m.embedding)]
+    if uncovered:
+        in_file = sorted({n.rsplit(".", 1)[-1] for n in modules})
+        missing = sorted({n.rsplit(".", 1)[-1] for n in uncovered})
+        excluded = f" (exclude_modules={config.get('exclude_modules')!r})" if config.get("exclude_modules") else ""
+        layers = (f" (layers_to_transform={config.get('layers_to_transform')!r})"
+                  if config.get("layers_to_transform") not in (None, []) else "")
+        problems.append(IncompatibleError(
+            f"{label}: {ADAPTER_CONFIG} says target_modules={targets_text(targets)}{excluded}{layers} but {file} holds LoRA weights "
+            f"for {', '.join(in_file)}, {len(uncovered)} of them not targeted ({', '.join(missing)}; e.g. "
+            f"{module_label(uncovered[0])}); {_RESTORE}"
+        ))
+    for name, module in sorted(modules.items()):
+        b_rank = None if module.b_shape is None else int(module.b_shape[1] if len(module.b_shape) > 1 else -1)
+        if module.a_shape is None or module.b_shape is None:
+            part = "lora_B" if module.a_shape is not None else "lora_A"
+            problems.append(GEMError(
+                f"{label}: {file} has no {part} for {module_label(name)}; the weights file is incomplete - re-save the adapter"))
+            break
+        if module.rank != b_rank:
+            problems.append(GEMError(
+                f"{label}: {file} gives {module_label(name)} lora_A rank {module.rank} but lora_B rank {b_rank}; "
+                "the weights file is corrupt - re-save the adapter"))
+            break
+        rank, source = expected_rank(config, name)
+        if module.rank != rank:
+            problems.append(IncompatibleError(
+                f"{label}: {ADAPTER_CONFIG} says {source} but {module_label(name)} has rank {module.rank} in {file}; "
+                f"{_RESTORE}"))
+            break
+    return problems
 
 
 def _check_gem_rows(adapter: AdapterFolder) -> None:
@@ -274,15 +431,19 @@ def check_output(out: str | os.PathLike, force: bool, inputs: tuple[str | os.Pat
 def atomic_output(out: str | os.PathLike, force: bool) -> Iterator[Path]:
     """Yield a staging folder beside ``out``; rename it to ``out`` when the block succeeds.
 
-    On any exception the staging folder is removed and ``out`` is left as it was.
+    On any exception the staging folder is removed and ``out`` is left as it was. The
+    staging folder is named ``.<out name>.staging-<pid>-<random>``; ones left behind by
+    a killed run (their process no longer alive) are removed first, and a previous output
+    set aside by a run killed between its two renames is put back. The new folder gets the
+    permissions the umask allows (not 0700).
     """
     out = check_output(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    try:
+    remove_stale_staging(out)
+    with staging_folder(out) as staging:
         yield staging
         if out.exists():
-            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+            old = out.parent / staging_name(out, "old")
             os.replace(out, old)
             os.replace(staging, out)
             if old.is_dir():
@@ -291,13 +452,11 @@ def atomic_output(out: str | os.PathLike, force: bool) -> Iterator[Path]:
                 old.unlink(missing_ok=True)
         else:
             os.replace(staging, out)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
 
 
 __all__ = [
     "ADAPTER_CONFIG",
+    "ALL_LINEAR",
     "DTYPES",
     "GEM_CONFIG_NAME",
     "PICKLE_WEIGHTS",
@@ -306,10 +465,15 @@ __all__ = [
     "LoraModule",
     "atomic_output",
     "check_output",
+    "config_problems",
+    "expected_rank",
     "folder_files",
     "load_tensors",
+    "module_label",
     "parse_dtype",
     "read_adapter",
     "read_json",
+    "targets_module",
+    "targets_text",
     "tensor_shapes",
 ]

@@ -13,6 +13,7 @@ Loading resolves the base through ``hub`` (alias, folder, .gguf, hub id), option
 
 from __future__ import annotations
 
+import numbers
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -71,6 +72,7 @@ class GEMModel:
         config: GEMConfig | None = None,
         fuse: bool = True,
         cache_quantized: bool = True,
+        allow_pickle: bool = False,
     ) -> "GEMModel":
         """Load a base model (alias, folder, .gguf or hub id), optionally with an adapter.
 
@@ -81,6 +83,10 @@ class GEMModel:
         speed; ``unfuse_adapters()`` or any adapter switch undoes it (see ``runtime``).
         ``cache_quantized`` keeps the NF4 copy of a local base in the cache and loads it next
         time, instead of reading and quantising the full-precision weights again (see ``hub``).
+        The adapter folder goes through the same checks as ``load_adapter``, merge and swap
+        before PEFT reads any of its weights: ``files.read_adapter`` (complete, readable, its
+        config matching its tensors; a pickled ``adapter_model.bin`` only with
+        ``allow_pickle``) and ``compat.check_compatibility`` against the loaded base.
         """
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -90,8 +96,7 @@ class GEMModel:
             )
         base_path = resolve_base(base)
         adapter_path = Path(adapter) if adapter is not None else None
-        if adapter_path is not None:
-            _check_adapter_folder(adapter_path)
+        adapter_folder = _check_adapter_folder(adapter_path, allow_pickle) if adapter_path is not None else None
         tokenizer_source = str(adapter_path) if adapter_path is not None else base_path
 
         merged_checkpoint = GEMConfig.exists(base_path)
@@ -131,6 +136,7 @@ class GEMModel:
         from peft import PeftModel
 
         gem_model = cls(model, tokenizer, config, initialize_rows=initialize_rows)
+        _check_adapter_fits(adapter_folder, gem_model, base_path)
         gem_model.model = PeftModel.from_pretrained(gem_model.model, str(adapter_path), is_trainable=False)
         gem_model.model.eval()
         if fuse:
@@ -175,6 +181,9 @@ class GEMModel:
         ``'This sentence : "{text}" means in one word:"'``. An empty string is valid: its
         embedding is that of the GEM tokens alone. Texts longer than ``max_length``
         tokens (GEM tokens included) lose their end, never their GEM tokens.
+        ``max_length`` None means the config's (512 by default); a value that leaves no
+        room for at least one text token after the GEM tokens, the template and the
+        tokenizer's leading special tokens is refused with a ``ValueError``.
         """
         single = isinstance(sentences, str)
         texts = [sentences] if single else list(sentences)
@@ -186,7 +195,17 @@ class GEMModel:
         pooling = pooling or self.config.pooling
         if pooling not in POOLING_MODES:
             raise ValueError(f"pooling {pooling!r} is not one of {POOLING_MODES}")
-        max_length = max_length or self.config.max_length
+        if max_length is None:
+            max_length = self.config.max_length
+        if isinstance(max_length, bool) or not isinstance(max_length, numbers.Integral):
+            raise TypeError(f"max_length must be an int or None, got {max_length!r}")
+        max_length = int(max_length)
+        n_gem = len(self.gem_token_ids) if pooling == "gem" else 0
+        if max_length < n_gem + 1:
+            raise ValueError(
+                f"max_length must be at least {n_gem + 1} ({n_gem} GEM token{'s' * (n_gem != 1)} + 1 text token), "
+                f"got {max_length}"
+            )
         if template is None and pooling == "gem":
             template = self.config.template
         if template is not None and "{text}" not in template:
@@ -251,10 +270,13 @@ class GEMModel:
         head, tail = self.template_ids(template)
         leading = leading_special_ids(self.tokenizer)
         n_gem = len(self.gem_token_ids) if pooling == "gem" else 0
-        room = max_length - n_gem - len(leading) - len(head) - len(tail)
-        if room < 0:
+        fixed = n_gem + len(leading) + len(head) + len(tail)
+        room = max_length - fixed
+        if room < 1:  # the text would be cut to nothing: refuse rather than embed the template alone
             raise ValueError(
-                f"max_length {max_length} leaves no room for the text after {n_gem} GEM tokens and the template"
+                f"max_length {max_length} leaves no room for the text after {n_gem} GEM token{'s' * (n_gem != 1)}, "
+                f"{len(leading)} leading special tokens and {len(head) + len(tail)} template tokens; "
+                f"max_length must be at least {fixed + 1}"
             )
         encoded = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
         rows = []
@@ -395,11 +417,36 @@ def _as_dtype(value: torch.dtype | str) -> torch.dtype:
     return names[value]
 
 
-def _check_adapter_folder(path: Path) -> None:
-    if not path.is_dir():
-        raise ModelResolutionError(f"adapter folder {path} does not exist; check the path")
-    missing = [name for name in ("adapter_config.json", "gem_config.json") if not (path / name).is_file()]
-    if missing:
+def _check_adapter_folder(path: Path, allow_pickle: bool = False):
+    """The checked adapter folder (``files.read_adapter``); it must be a GEM adapter."""
+    from .files import read_adapter
+
+    folder = read_adapter(path, allow_pickle=allow_pickle)
+    if not folder.is_gem:
         raise ModelResolutionError(
-            f"adapter folder {path} lacks {', '.join(missing)}; it must be a folder written by `gem train`"
+            f"adapter folder {path} lacks gem_config.json; it must be a folder written by `gem train` "
+            "(a plain LoRA loads with model.load_adapter(path, name))"
         )
+    return folder
+
+
+def _check_adapter_fits(folder, gem: "GEMModel", base_path: str) -> None:
+    """``compat.check_compatibility`` against the loaded base, before PEFT touches its weights.
+
+    The model's tokenizer came from the adapter, so the vocabulary is compared with the
+    base's own tokenizer (its GEM tokens set apart when the base is a merged checkpoint).
+    """
+    from transformers import AutoTokenizer
+
+    from .compat import check_compatibility, spec_from_model
+
+    spec = spec_from_model(gem)
+    try:
+        vocab = AutoTokenizer.from_pretrained(base_path).get_vocab()
+    except Exception:  # no tokenizer beside the base: the adapter's tokenizer is all there is
+        vocab = None
+    if vocab is not None:
+        for token in gem.config.gem_tokens:
+            vocab.pop(token, None)
+        spec.vocab = vocab
+    check_compatibility(folder, spec)

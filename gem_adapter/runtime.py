@@ -246,8 +246,17 @@ def unload_adapter(gem, name: str) -> None:
         raise GEMError(f"no adapter named {name!r} is loaded (loaded: {adapter_names(gem)})")
     active = [n for n in active_adapters(gem) if n != name]
     unfuse_adapters(gem)
+    registry = _registry(gem)
+    if adapter_names(gem) == [name]:
+        # PEFT cannot delete its last adapter (its active adapter would name a deleted one and
+        # every later forward fails), so the wrapper goes: the bare base, GEM rows as loaded.
+        gem.model = gem.model.unload()
+        gem.model.eval()
+        gem.config = registry.base_config
+        delattr(gem, _REGISTRY)
+        return
     gem.model.delete_adapter(name)
-    _registry(gem).configs.pop(name, None)
+    registry.configs.pop(name, None)
     if active:
         use_adapter(gem, active)
     else:

@@ -1,7 +1,8 @@
 """Shared fixtures: tiny random Llama / Qwen2 / Qwen3 models and a byte-level tokenizer.
 
 Nothing here downloads anything. The models are built once per session from configs
-(hidden 32, 2 layers) and deep-copied per test, as transformers' own model tests do.
+(hidden 32, 2 layers; hidden 64 for the 4-bit tests, see ``QUANTIZABLE``) and deep-copied
+per test, as transformers' own model tests do.
 Every test gets its own GEM_CACHE so no test reads or writes the user's cache; tests
 marked ``real_model`` use the real cache, so the default model is fetched only once.
 """
@@ -35,12 +36,20 @@ def make_tokenizer():
     )
 
 
-def make_config(architecture: str, vocab_size: int = 257, tie: bool = False):
+# Sizes for the 4-bit tests: bitsandbytes' CPU kernel for AVX512-BF16 repacks every NF4
+# matrix in blocks of 64 input features (the quantisation block) and 32 output features, so
+# hidden 32 fails there ("shape '[32, 0]' is invalid"); with these every linear layer's
+# in_features is a multiple of 64 and its out_features a multiple of 32.
+QUANTIZABLE = dict(hidden_size=64, intermediate_size=128)
+
+
+def make_config(architecture: str, vocab_size: int = 257, tie: bool = False, hidden_size: int = 32,
+                intermediate_size: int | None = None):
     from transformers import LlamaConfig, Qwen2Config, Qwen3Config
 
     common = dict(
-        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=intermediate_size or 2 * hidden_size,
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
         tie_word_embeddings=tie, eos_token_id=256, pad_token_id=256, bos_token_id=None,
     )
     if architecture == "llama":
@@ -48,15 +57,15 @@ def make_config(architecture: str, vocab_size: int = 257, tie: bool = False):
     if architecture == "qwen2":
         return Qwen2Config(**common)
     if architecture == "qwen3":
-        return Qwen3Config(head_dim=8, **common)
+        return Qwen3Config(head_dim=8 if hidden_size == 32 else hidden_size // 4, **common)
     raise ValueError(architecture)
 
 
-def make_model(architecture: str, tie: bool = False, attn: str = "sdpa", seed: int = 0):
+def make_model(architecture: str, tie: bool = False, attn: str = "sdpa", seed: int = 0, **sizes):
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    config = make_config(architecture, tie=tie)
+    config = make_config(architecture, tie=tie, **sizes)
     model = AutoModelForCausalLM.from_config(config, attn_implementation=attn, dtype=torch.float32)
     return model.eval()
 
@@ -64,11 +73,38 @@ def make_model(architecture: str, tie: bool = False, attn: str = "sdpa", seed: i
 _MODEL_CACHE: dict[tuple, torch.nn.Module] = {}
 
 
-def tiny_model(architecture: str, tie: bool = False, attn: str = "sdpa"):
-    key = (architecture, tie, attn)
+def tiny_model(architecture: str, tie: bool = False, attn: str = "sdpa", **sizes):
+    key = (architecture, tie, attn, tuple(sorted(sizes.items())))
     if key not in _MODEL_CACHE:
-        _MODEL_CACHE[key] = make_model(architecture, tie=tie, attn=attn)
+        _MODEL_CACHE[key] = make_model(architecture, tie=tie, attn=attn, **sizes)
     return copy.deepcopy(_MODEL_CACHE[key])
+
+
+def cpu_4bit_paths() -> list:
+    """pytest params for bitsandbytes' two CPU paths of a 4-bit matmul.
+
+    ``generic``: the plain dequantise-and-matmul path every CPU has. ``avx512_bf16``: the
+    path bitsandbytes picks by itself on CPUs with AVX512-BF16 (weights repacked on the
+    first forward pass); skipped where the CPU lacks the instruction set.
+    """
+    try:
+        from bitsandbytes.functional import has_avx512bf16
+
+        packed = bool(has_avx512bf16())
+    except Exception:
+        packed = False
+    reason = "this CPU lacks AVX512-BF16, so bitsandbytes has no packed CPU kernel here"
+    return ["generic", pytest.param("avx512_bf16", marks=pytest.mark.skipif(not packed, reason=reason))]
+
+
+def use_cpu_4bit_path(model, path: str) -> int:
+    """Make every ``Linear4bit`` of ``model`` take ``path`` (see ``cpu_4bit_paths``); return their count."""
+    count = 0
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = path == "avx512_bf16"
+            count += 1
+    return count
 
 
 def tiny_gem(architecture: str = "llama", k: int = 1, tie: bool = False, attn: str = "sdpa", **config):
@@ -92,6 +128,13 @@ def tiny_training_config(base, data, output, **overrides):
     return load_recipe(None, values)
 
 
+def save_tiny_base(folder: Path, architecture: str = "llama") -> Path:
+    """A tiny random model and the byte tokenizer saved as a Hugging Face folder."""
+    tiny_model(architecture).save_pretrained(folder)
+    make_tokenizer().save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(params=ARCHITECTURES)
 def architecture(request) -> str:
     return request.param
@@ -105,8 +148,14 @@ def tokenizer():
 @pytest.fixture
 def tiny_model_folder(tmp_path) -> Path:
     """A tiny Llama saved as a Hugging Face folder (model + tokenizer)."""
-    folder = tmp_path / "tiny-llama"
-    tiny_model("llama").save_pretrained(folder)
+    return save_tiny_base(tmp_path / "tiny-llama")
+
+
+@pytest.fixture
+def quantizable_model_folder(tmp_path) -> Path:
+    """A tiny Llama whose matrices fit bitsandbytes' 4-bit CPU kernels (``QUANTIZABLE`` sizes)."""
+    folder = tmp_path / "tiny-llama-64"
+    tiny_model("llama", **QUANTIZABLE).save_pretrained(folder)
     make_tokenizer().save_pretrained(folder)
     return folder
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import make_config, make_tokenizer, tiny_model, tiny_training_config
+from conftest import QUANTIZABLE, make_config, make_tokenizer, tiny_model, tiny_training_config
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -103,7 +103,7 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def no_staging_left(parent: Path) -> bool:
-    return not [p for p in parent.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
+    return not [p for p in parent.iterdir() if any(part in p.name for part in (".staging-", ".tmp-", ".old-"))]
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -128,9 +128,10 @@ def trained(root, corpus):
         key = (architecture, tie, four_bit)
         if key not in made:
             name = f"{architecture}{'-tied' if tie else ''}{'-4bit' if four_bit else ''}"
-            base = root / f"base-{architecture}{'-tied' if tie else ''}"
+            # 4-bit: matrices that fit bitsandbytes' AVX512-BF16 CPU kernel (see conftest.QUANTIZABLE)
+            base = root / f"base-{architecture}{'-tied' if tie else ''}{'-64' if four_bit else ''}"
             if not base.exists():
-                tiny_folder(root, base.name, architecture, tie=tie)
+                tiny_folder(root, base.name, architecture, tie=tie, **(QUANTIZABLE if four_bit else {}))
             extra = dict(load_in_4bit=True, max_steps=2) if four_bit else {}
             made[key] = (base, train(tiny_config(base, corpus, root / f"adapter-{name}", **extra)))
         return made[key]
@@ -407,6 +408,20 @@ def test_runtime_refusals(root, llama, style):
     assert not hasattr(wide.model, "peft_config")  # nothing was attached
 
 
+def test_unloading_the_last_adapter_returns_the_bare_base_and_loading_works_again(llama):
+    base, adapter = llama
+    gem = GEMModel.from_pretrained(base)
+    bare = gem.encode(TEXTS)
+    load_adapter(gem, adapter, "gem", activate=True)
+    adapted = gem.encode(TEXTS)
+    assert np.abs(adapted - bare).max() > 1e-3
+    gem.unload_adapter("gem")  # PEFT alone leaves a dangling active adapter here
+    assert gem.adapter_names() == [] and gem.active_adapters() == []
+    np.testing.assert_allclose(gem.encode(TEXTS), bare, atol=1e-6)
+    load_adapter(gem, adapter, "gem", activate=True)
+    np.testing.assert_allclose(gem.encode(TEXTS), adapted, atol=1e-6)
+
+
 # ----------------------------------------------------------------------------- swap (re-target)
 def test_swap_retargets_an_adapter_to_a_sibling_checkpoint(tmp_path, root, llama):
     from transformers import AutoConfig
@@ -497,6 +512,12 @@ def test_vocabulary_and_module_mismatches_are_refused(tmp_path, root, llama):
     shutil.copytree(adapter, renamed)
     moved = {k.replace("layers.0.self_attn.q_proj", "layers.0.self_attn.qkv_proj"): v for k, v in tensors(adapter).items()}
     save_file(moved, str(renamed / "adapter_model.safetensors"))
+    with pytest.raises(IncompatibleError, match="says target_modules=.* 1 of them not targeted \\(qkv_proj"):
+        merge(base, renamed, tmp_path / "m")  # the weights no longer match their own config
+    config = json.loads((renamed / "adapter_config.json").read_text())
+    config["target_modules"] = [t.replace("layers.0.self_attn.q_proj", "layers.0.self_attn.qkv_proj")
+                                for t in config["target_modules"]]
+    (renamed / "adapter_config.json").write_text(json.dumps(config))
     with pytest.raises(IncompatibleError, match="LoRA target module 'model.layers.0.self_attn.qkv_proj' is not in the base"):
         merge(base, renamed, tmp_path / "m")
     assert not (tmp_path / "m").exists()

@@ -37,7 +37,7 @@ def test_eval_on_a_tiny_model_writes_results_summary_and_report(tiny_model_folde
     assert "tiny-llama GEM (untrained)" in report
 
     again = CliRunner().invoke(eval_command, args)
-    assert again.exit_code == 1 and f"output folder {out} is not empty; choose another --out or pass --overwrite" in again.output
+    assert again.exit_code == 1 and f"output folder {out} is not empty; pass --force to write into it, or choose another --out" in again.output
 
 
 def test_eval_errors_are_one_line(tiny_model_folder, tmp_path):

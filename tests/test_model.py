@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 
 from gem_adapter import GEMConfig, GEMError, GEMModel, ModelResolutionError
 
-from conftest import tiny_gem
+from conftest import cpu_4bit_paths, tiny_gem, use_cpu_4bit_path
 
 TEXTS = [
     "short",
@@ -159,10 +159,12 @@ def test_missing_adapter_folder_is_named(tiny_model_folder, tmp_path):
         GEMModel.from_pretrained(tiny_model_folder, adapter=tmp_path / "half")
 
 
-def test_4bit_base_on_cpu(tiny_model_folder):
+@pytest.mark.parametrize("cpu_path", cpu_4bit_paths())
+def test_4bit_base_on_cpu(quantizable_model_folder, cpu_path):
     pytest.importorskip("bitsandbytes")
-    quantized = GEMModel.from_pretrained(tiny_model_folder, load_in_4bit=True)
-    full = GEMModel.from_pretrained(tiny_model_folder)
+    quantized = GEMModel.from_pretrained(quantizable_model_folder, load_in_4bit=True)
+    assert use_cpu_4bit_path(quantized.model, cpu_path) == 14  # 7 linear layers x 2 layers, lm_head kept
+    full = GEMModel.from_pretrained(quantizable_model_folder)
     assert "Linear4bit" in type(quantized.model.model.layers[0].mlp.up_proj).__name__
     q, f = quantized.encode(TEXTS), full.encode(TEXTS)
     assert q.shape == f.shape and np.isfinite(q).all()
@@ -170,9 +172,35 @@ def test_4bit_base_on_cpu(tiny_model_folder):
     assert cosines.min() > 0.9, cosines  # NF4 error is small but not zero
 
 
-def test_4bit_copy_is_cached_and_reloads_the_same_model(tiny_model_folder, tmp_path):
+def test_4bit_matrices_fit_the_avx512_bf16_repacking(quantizable_model_folder):
+    """The repacking bitsandbytes does on AVX512-BF16 CPUs, run here on every CPU.
+
+    With hidden 32 it raises "shape '[32, 0]' is invalid" (blocks of 64 input features);
+    the tiny 4-bit models must fit it, and unpacking must give back the stored weights.
+    """
+    pytest.importorskip("bitsandbytes")
+    import copy
+
+    import bitsandbytes.functional as F
+
+    if not hasattr(F, "_convert_weight_packed_for_cpu"):
+        pytest.skip("this bitsandbytes has no CPU repacking")
+    quantized = GEMModel.from_pretrained(quantizable_model_folder, load_in_4bit=True)
+    layers = [m for m in quantized.model.modules() if hasattr(m, "support_avx512bf16_for_cpu")]
+    assert len(layers) == 14
+    for layer in layers:
+        state = copy.deepcopy(layer.weight.quant_state)
+        packed, packed_state = F._convert_weight_packed_for_cpu(layer.weight.data.clone(), state)
+        assert packed.shape == (layer.out_features, layer.in_features // 2)
+        unpacked, _ = F._convert_weight_packed_for_cpu_inverse(packed, packed_state)
+        torch.testing.assert_close(unpacked.reshape(-1), layer.weight.data.reshape(-1), atol=0, rtol=0)
+
+
+def test_4bit_copy_is_cached_and_reloads_the_same_model(quantizable_model_folder, tmp_path):
     pytest.importorskip("bitsandbytes")
     from gem_adapter.hub import cache_dir
+
+    tiny_model_folder = quantizable_model_folder
 
     copies = lambda: sorted(p.name for p in (cache_dir() / "nf4").glob("*") if not p.name.startswith("."))  # noqa: E731
     first = GEMModel.from_pretrained(tiny_model_folder, load_in_4bit=True)

@@ -16,7 +16,7 @@ from gem_adapter.cli import main
 from gem_adapter.training.recipes import load_recipe
 from gem_adapter.training.run import build_peft_model, train
 
-from conftest import make_tokenizer, tiny_model, tiny_training_config
+from conftest import QUANTIZABLE, make_tokenizer, tiny_model, tiny_training_config
 
 SENTENCES = [
     f"Sentence {i} talks about the {w} near the river. Another remark follows it, with {i % 5} words more."
@@ -31,9 +31,9 @@ def corpus(tmp_path):
     return path
 
 
-def tiny_folder(tmp_path, tie=False):
+def tiny_folder(tmp_path, tie=False, **sizes):
     folder = tmp_path / ("tiny-tied" if tie else "tiny")
-    tiny_model("llama", tie=tie).save_pretrained(folder)
+    tiny_model("llama", tie=tie, **sizes).save_pretrained(folder)
     make_tokenizer().save_pretrained(folder)
     return folder
 
@@ -166,7 +166,7 @@ def test_tied_embeddings_keep_output_rows_consistent(tmp_path, corpus):
 
 def test_4bit_qlora_on_cpu(tmp_path, corpus):
     pytest.importorskip("bitsandbytes")
-    base = tiny_folder(tmp_path)
+    base = tiny_folder(tmp_path, **QUANTIZABLE)  # matrices that fit the AVX512-BF16 CPU kernel's blocks
     out = train(tiny_config(base, corpus, tmp_path / "q", load_in_4bit=True, max_steps=2))
     tensors = adapter_tensors(out)
     assert any("lora_B" in k and t.abs().sum() > 0 for k, t in tensors.items())
@@ -223,7 +223,7 @@ def test_shipped_recipes_load():
 def test_cli_train_writes_adapter_log_and_curve(tmp_path, corpus):
     base = tiny_folder(tmp_path)
     out = tmp_path / "cli-out"
-    args = ["train", "--base", str(base), "--data", str(corpus), "--output", str(out),
+    args = ["train", "--base", str(base), "--data", str(corpus), "--out", str(out),
             "--set", "max_steps=2", "--set", "per_device_train_batch_size=4", "--set", "eval_chunks=4",
             "--set", "eval_strategy=no", "--set", "disable_tqdm=true", "--set", "min_chunk_tokens=16"]
     result = CliRunner().invoke(main, args)
@@ -231,6 +231,6 @@ def test_cli_train_writes_adapter_log_and_curve(tmp_path, corpus):
     assert f"adapter written to {out}" in result.output
     assert (out / "loss_curve.png").stat().st_size > 1000
     again = CliRunner().invoke(main, args)
-    assert again.exit_code == 1 and "--overwrite" in again.output
-    bad = CliRunner().invoke(main, args + ["--set", "gem_fraktion=0.3", "--overwrite"])
+    assert again.exit_code == 1 and "is not empty; pass --force to replace it, --resume to continue it" in again.output
+    bad = CliRunner().invoke(main, args + ["--set", "gem_fraktion=0.3", "--force"])
     assert bad.exit_code == 1 and "unknown recipe key 'gem_fraktion'" in bad.output

@@ -1,4 +1,10 @@
-"""``inspect``: what an adapter or merged GEM folder is, read from its files (no model load)."""
+"""``inspect``: what an adapter or merged GEM folder is, read from its files (no model load).
+
+A broken adapter is still described: what ``read_adapter`` would refuse (a config that does
+not match its tensors, a corrupt weights file, missing GEM rows) becomes a ``warnings``
+entry, one line each. A pickled ``adapter_model.bin`` is opened only with ``allow_pickle``
+(unpickling can run code); otherwise it is reported as a pickle that was not opened.
+"""
 
 from __future__ import annotations
 
@@ -17,13 +23,17 @@ KIND_MERGED = "merged GEM checkpoint"
 _REPORTS = ("merge_report.json", "stack_report.json", "swap_report.json")
 
 
-def inspect(path: str | os.PathLike) -> dict[str, Any]:
-    """Describe an adapter folder (GEM or plain LoRA) or a merged GEM checkpoint."""
+def inspect(path: str | os.PathLike, *, allow_pickle: bool = False) -> dict[str, Any]:
+    """Describe an adapter folder (GEM or plain LoRA) or a merged GEM checkpoint.
+
+    Problems with an adapter's files are listed under ``warnings`` rather than raised.
+    ``allow_pickle`` lets a pickled ``adapter_model.bin`` be opened to read its shapes.
+    """
     folder = Path(path)
     if not folder.is_dir():
         raise ModelResolutionError(f"{folder} does not exist or is not a folder; check the path")
     if (folder / ADAPTER_CONFIG).is_file():
-        info = _adapter_info(folder)
+        info = _adapter_info(folder, allow_pickle)
     elif (folder / "config.json").is_file() and GEMConfig.exists(folder):
         info = _merged_info(folder)
     else:
@@ -37,6 +47,9 @@ def inspect(path: str | os.PathLike) -> dict[str, Any]:
     for name in _REPORTS:
         if (folder / name).is_file():
             info[name.removesuffix(".json")] = json.loads((folder / name).read_text())
+    warnings = info.pop("warnings", [])
+    if warnings:
+        info["warnings"] = warnings  # last, where a reader's eye ends
     return info
 
 
@@ -71,9 +84,16 @@ def _vocab(folder: Path) -> dict[str, int] | None:
         return None
 
 
-def _adapter_info(folder: Path) -> dict[str, Any]:
-    adapter = read_adapter(folder, allow_pickle=True)  # only headers/shapes are read for safetensors
+def _adapter_info(folder: Path, allow_pickle: bool = False) -> dict[str, Any]:
+    adapter = read_adapter(folder, allow_pickle=allow_pickle, strict=False)  # safetensors: headers only
     config = adapter.config
+    warnings = [str(problem) for problem in adapter.problems]
+    try:
+        token_indices = adapter.token_indices
+    except GEMError as exc:
+        token_indices = config.get("trainable_token_indices")
+        if str(exc) not in warnings:
+            warnings.append(str(exc))
     modules = adapter.lora_modules
     ranks = sorted({m.rank for m in modules.values() if m.rank is not None})
     info: dict[str, Any] = {"kind": KIND_ADAPTER if adapter.is_gem else KIND_LORA, "path": str(folder)}
@@ -94,10 +114,14 @@ def _adapter_info(folder: Path) -> dict[str, Any]:
         "modules": len(modules),
         "parameters": sum(_numel(shape) for key, shape in adapter.shapes.items() if "lora_" in key),
     }
-    info["trainable_token_indices"] = adapter.token_indices
-    info["weights_file"] = adapter.weights.name + (" (pickle)" if adapter.pickled else "")
+    info["trainable_token_indices"] = token_indices
+    if not adapter.opened:
+        info["weights_file"] = f"{adapter.weights.name} (pickle, not opened: pass allow_pickle / --allow-pickle to read it)"
+    else:
+        info["weights_file"] = adapter.weights.name + (" (pickle)" if adapter.pickled else "")
     info["peft_version"] = config.get("peft_version")
     info["trained_in_4bit"] = adapter.trained_in_4bit
+    info["warnings"] = warnings
     return info
 
 
@@ -134,7 +158,9 @@ def format_inspection(info: dict[str, Any]) -> str:
 
     def emit(mapping: dict[str, Any], indent: str, sizes: bool) -> None:
         for key, value in mapping.items():
-            if isinstance(value, dict) and value:
+            if key == "warnings" and isinstance(value, list):
+                lines.extend(f"{indent}warning: {line}" for line in value)
+            elif isinstance(value, dict) and value:
                 lines.append(f"{indent}{key}:")
                 emit(value, indent + "  ", key == "files")
             elif sizes or key == "total_bytes":

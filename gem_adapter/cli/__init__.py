@@ -7,6 +7,8 @@
 | ``train`` | ``gem train`` |
 | ``evaluate`` | ``gem eval`` |
 | ``adapters`` | ``gem merge``, ``gem stack``, ``gem swap``, ``gem inspect`` |
+| ``export`` | ``gem export`` |
+| ``serve`` | ``gem serve`` |
 """
 
 from __future__ import annotations

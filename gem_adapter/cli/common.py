@@ -1,22 +1,104 @@
-"""What every ``gem`` command shares: library errors become one-line CLI errors."""
+"""What every ``gem`` command shares: one-line errors, ``--debug``, the option vocabulary.
+
+Every error a user can cause ends as one line on stderr, naming the value and the fix:
+library errors (``GEMError``, ``TypeError``, ``ValueError``) with their own message, file
+system errors (``OSError``) with the path, anything else as ``internal error: ...``. With
+``gem --debug`` (or ``GEM_DEBUG=1``) the exception propagates with its traceback instead.
+"""
 
 from __future__ import annotations
 
+import errno
 import functools
+import os
 
 import click
 
 from ..errors import GEMError
 
+DEBUG_ENV = "GEM_DEBUG"
+
+
+def debug_enabled() -> bool:
+    """``gem --debug`` on the command line, or ``GEM_DEBUG`` set to anything but '', 0, false, no."""
+    context = click.get_current_context(silent=True)
+    if context is not None and context.find_root().meta.get("gem.debug"):
+        return True
+    return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def one_line(message: str) -> str:
+    """A message as one line: its lines joined with '; ' (blank lines dropped)."""
+    parts = [part.strip() for part in str(message).replace("\r", "\n").split("\n")]
+    return "; ".join(part for part in parts if part)
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line for a file system error: what failed, on which path, and what to check."""
+    path = exc.filename if exc.filename is not None else None
+    if path is None:
+        return f"{exc.strerror or exc}; check the paths and their permissions"
+    path = os.fsdecode(path)
+    if isinstance(exc, FileNotFoundError):
+        return f"{path} does not exist; check the path"
+    if isinstance(exc, IsADirectoryError):
+        return f"{path} is a folder; give a file path"
+    if isinstance(exc, NotADirectoryError):
+        return f"{path}: a part of this path is a file, not a folder; check the path"
+    if isinstance(exc, PermissionError):
+        return f"permission denied for {path}; check its permissions or choose another path"
+    if exc.errno == errno.EROFS:
+        return f"{path} is on a read-only file system; choose another path"
+    if exc.errno == errno.ENOSPC:
+        return f"no space left on the device for {path}; free some space or choose another path"
+    return f"{exc.strerror or exc} for {path}; check the path"
+
 
 def library_errors(command):
-    """Turn library and input errors (``GEMError``, ``TypeError``, ``ValueError``) into one-line CLI errors."""
+    """Turn every exception of ``command`` into a one-line CLI error (exit 1), unless debugging.
+
+    ``GEMError``, ``TypeError``, ``ValueError``: the library's message. ``OSError``: the path
+    and the failure. Anything else: ``internal error: ...``. ``click`` exceptions (usage
+    errors, ``click.ClickException``) pass through untouched.
+    """
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
-        except (GEMError, TypeError, ValueError) as exc:
-            raise click.ClickException(str(exc)) from None
+        except (click.exceptions.ClickException, click.exceptions.Abort, click.exceptions.Exit):
+            raise
+        except Exception as exc:
+            if debug_enabled():
+                raise
+            raise click.ClickException(error_line(exc)) from None
 
     return wrapper
+
+
+def error_line(exc: Exception) -> str:
+    """The one line ``library_errors`` prints for ``exc``."""
+    if isinstance(exc, (GEMError, TypeError, ValueError)):
+        return one_line(str(exc)) or type(exc).__name__
+    if isinstance(exc, OSError):
+        return one_line(describe_os_error(exc))
+    detail = one_line(str(exc))
+    name = type(exc).__name__
+    return f"internal error: {name}{': ' + detail if detail else ''} (run with --debug for the traceback)"
+
+
+def pick_alias(value, alias_value, name: str, alias: str):
+    """The value of option ``name``, or of its deprecated spelling ``alias`` (with a note on stderr)."""
+    if alias_value is None or alias_value is False:
+        return value
+    if value not in (None, False) and value != alias_value:
+        raise click.UsageError(f"{name} and {alias} are the same option; give only {name}")
+    click.echo(f"note: {alias} is deprecated; use {name}", err=True)
+    return alias_value
+
+
+def require(value, name: str):
+    """``value``, or the usage error click gives for a missing required option."""
+    if value is None:
+        raise click.UsageError(f"Missing option '{name}'.")
+    return value

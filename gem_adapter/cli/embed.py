@@ -2,83 +2,82 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import click
 
 from ..errors import GEMError
 from ..hub import DEFAULT_MODEL
-from .common import library_errors
+from .checks import (
+    check_output,
+    read_input_texts,
+    read_stdin_texts,
+    write_npy_atomically,
+)
+from .common import library_errors, pick_alias, require
 
-
-def read_texts(path: Path, field: str = "text") -> list[str]:
-    """Texts from a .txt file (every line is one text, so row i is line i+1) or a .jsonl file."""
-    if not path.is_file():
-        raise GEMError(f"input file {path} does not exist")
-    if path.suffix == ".jsonl":
-        from ..training import read_jsonl
-
-        return read_jsonl(path, field)
-    return path.read_text(encoding="utf-8").splitlines()
-
-
-def write_npy_atomically(array, output: Path) -> None:
-    """Write to a temporary file beside ``output`` and rename, so a failure leaves nothing."""
-    import numpy as np
-
-    output.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(dir=output.parent, prefix=f".{output.name}.", suffix=".part", delete=False)
-    try:
-        with handle:
-            np.save(handle, array)
-        os.replace(handle.name, output)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
+__all__ = ["embed_command"]
 
 
 @click.command("embed")
 @click.option("--base", default=DEFAULT_MODEL, show_default=True, help="Model folder, .gguf file, hub id or alias.")
-@click.option("--adapter", type=click.Path(path_type=Path), help="GEM adapter folder written by `gem train`.")
+@click.option("--adapter", type=click.Path(path_type=Path),
+              help="GEM adapter folder written by `gem train` (default: none; the base with an untrained GEM token).")
 @click.option("--input", "input_path", type=click.Path(path_type=Path),
-              help="Texts: .txt (one per line), .jsonl (see --field), or - for stdin lines.")
+              help="Texts: .txt (one per line; row i = line i+1), .jsonl (see --field), or - for stdin lines.")
 @click.option("--text", "inline_texts", multiple=True, help="A text to embed (repeatable), instead of --input.")
-@click.option("--output", required=True, type=click.Path(path_type=Path), help="Where to write the .npy array.")
+@click.option("--out", type=click.Path(path_type=Path), help="Where to write the .npy array.  [required]")
+@click.option("--output", "output_alias", type=click.Path(path_type=Path), hidden=True)
+@click.option("--force", is_flag=True, help="Replace an existing --out file.")
 @click.option("--field", default="text", show_default=True, help="JSONL field holding the text.")
-@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
-@click.option("--max-length", default=None, type=click.IntRange(min=2), help="Tokens per text, GEM tokens included.")
-@click.option("--pooling", type=click.Choice(["gem", "mean", "last"]), default=None, help="Default: the adapter's (gem).")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1),
+              help="Texts per forward pass (more: faster, more memory).")
+@click.option("--max-length", default=None, type=click.IntRange(min=2),
+              help="Tokens per text, template and GEM tokens included; longer texts lose their end  "
+                   "[default: the adapter's max_length, 512 without an adapter]")
+@click.option("--pooling", type=click.Choice(["gem", "mean", "last"]), default=None,
+              help="gem: the GEM tokens; mean / last: the plain decoder's baselines  [default: the adapter's, gem]")
 @click.option("--no-normalize", is_flag=True, help="Keep raw vectors instead of unit length.")
 @click.option("--load-in-4bit", is_flag=True, help="Quantise the base to NF4 with bitsandbytes.")
+@click.option("--allow-pickle", is_flag=True,
+              help="Accept an adapter_model.bin pickle (only from a source you trust; unpickling runs code).")
 @library_errors
-def embed_command(base, adapter, input_path, inline_texts, output, field, batch_size, max_length, pooling, no_normalize, load_in_4bit) -> None:
+def embed_command(base, adapter, input_path, inline_texts, out, output_alias, force, field, batch_size, max_length,
+                  pooling, no_normalize, load_in_4bit, allow_pickle) -> None:
     """Embed every text of a file into an (n, dim) float32 .npy array, in file order.
+
+    A .txt file or stdin gives one text per line: only \\n and \\r\\n end a line, blank
+    lines are kept as (empty) texts, so row i of the array is line i+1.
 
     \b
     Examples:
-      gem embed --input texts.txt --output emb.npy
-      gem embed --input docs.jsonl --field body --output docs.npy --batch-size 64
-      gem embed --text "A man is playing a guitar." --text "A person plays the guitar." --output two.npy
+      gem embed --input texts.txt --out emb.npy
+      gem embed --input docs.jsonl --field body --out docs.npy --batch-size 64
+      gem embed --text "A man is playing a guitar." --text "A person plays the guitar." --out two.npy
     """
     from ..model import GEMModel
 
+    out = require(pick_alias(out, output_alias, "--out", "--output"), "--out")
     if (input_path is None) == (not inline_texts):
         raise click.UsageError("give either --input FILE or one or more --text, not both and not neither")
+    # the validation pass: every input and output is checked before the model loads
     if inline_texts:
         texts = list(inline_texts)
     elif str(input_path) == "-":
-        texts = click.get_text_stream("stdin").read().splitlines()
+        texts = read_stdin_texts(click.get_binary_stream("stdin").read())
     else:
-        texts = read_texts(input_path, field)
-    model = GEMModel.from_pretrained(base, adapter=adapter, load_in_4bit=load_in_4bit)
+        texts = read_input_texts(input_path, field)
+    if adapter is not None and not adapter.is_dir():
+        raise GEMError(f"adapter folder {adapter} does not exist; check the path")
+    check_output(out, folder=False, force=force)
+
+    model = GEMModel.from_pretrained(base, adapter=adapter, load_in_4bit=load_in_4bit, allow_pickle=allow_pickle)
     vectors = model.encode(
         texts, batch_size=batch_size, normalize=not no_normalize, max_length=max_length,
         pooling=pooling, show_progress_bar=True,
     )
-    write_npy_atomically(vectors, output)
-    click.echo(f"wrote {vectors.shape[0]} x {vectors.shape[1]} embeddings to {output}")
+    write_npy_atomically(vectors, out)
+    click.echo(f"wrote {vectors.shape[0]} x {vectors.shape[1]} embeddings to {out}")
     if inline_texts and len(texts) > 1 and not no_normalize:
         click.echo("cosine similarity:")
         similarity = vectors @ vectors.T

@@ -1,7 +1,7 @@
 """``gem eval``: the click command over ``evaluation.run_evaluation``.
 
-A thin layer: it parses options, calls ``run_evaluation`` and prints where the report is.
-Library errors (``GEMError``) become one-line ``click.ClickException`` errors.
+A thin layer: it checks the output folder, parses options, calls ``run_evaluation`` and
+prints where the report is. Errors become one line (``common.library_errors``).
 """
 
 from __future__ import annotations
@@ -12,6 +12,13 @@ import click
 
 from ..errors import GEMError
 from ..hub import DEFAULT_MODEL
+from .checks import check_output
+from .common import library_errors, pick_alias
+
+# the names `gem eval --help` lists; tests/test_cli_errors.py checks them against the library's
+TASK_NAMES = ("STSBenchmark", "SICK-R", "Banking77Classification", "SciFact", "MMLU", "ARC-Easy", "HellaSwag",
+              "WikiText-2")
+BASELINE_NAMES = ("mean", "last", "prompteol", "minilm")
 
 
 def _names(value: str | None) -> list[str] | None:
@@ -24,26 +31,36 @@ def _names(value: str | None) -> list[str] | None:
 @click.option("--base", default=DEFAULT_MODEL, show_default=True,
               help="Base model: alias, folder, .gguf or hub id.")
 @click.option("--adapter", type=click.Path(path_type=Path), default=None,
-              help="GEM adapter folder (from `gem train`); without it the GEM row is untrained.")
+              help="GEM adapter folder (from `gem train`)  [default: none; the GEM row is untrained]")
 @click.option("--suite", type=click.Choice(["quick", "full"]), default="quick", show_default=True,
               help="quick: seeded subsets stated in the report (sized for <= 15 min with smollm2-135m "
                    "on 2 CPU cores); full: everything.")
 @click.option("--tasks", default=None, metavar="LIST",
-              help="Comma list of STSBenchmark,SICK-R,Banking77Classification,SciFact,MMLU,ARC-Easy,HellaSwag,"
-                   "WikiText-2 (default: all).")
+              help="Comma-separated task names from the list above  [default: all]")
 @click.option("--baselines", default=None, metavar="LIST",
-              help="Comma list of mean,last,prompteol,minilm (default: all); the GEM row always runs.")
+              help="Comma-separated baselines from the list above; the GEM row always runs  [default: all]")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
               help="Output folder for results/, summary.json, report.md, report.png.")
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None,
-              help="Offline benchmark copies (default: $GEM_DATA, else <repo>/../shared/data).")
-@click.option("--overwrite", is_flag=True, help="Write into a non-empty --out folder.")
+              help="Offline benchmark copies  [default: $GEM_DATA, else <repo>/../shared/data]")
+@click.option("--force", is_flag=True, help="Write into an existing, non-empty --out folder.")
+@click.option("--overwrite", "overwrite_alias", is_flag=True, hidden=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the subsets.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Embedding batch size.")
+@click.option("--allow-pickle", is_flag=True,
+              help="Accept an adapter_model.bin pickle (only from a source you trust; unpickling runs code).")
 @click.option("--limit", type=click.IntRange(min=1), default=None, hidden=True,
               help="Cap every task at this many items (smoke tests).")
-def eval_command(base, adapter, suite, tasks, baselines, out_dir, data_dir, overwrite, seed, batch_size, limit) -> None:
+@library_errors
+def eval_command(base, adapter, suite, tasks, baselines, out_dir, data_dir, force, overwrite_alias, seed, batch_size,
+                 allow_pickle, limit) -> None:
     """Compare GEM with the decoder baselines and MiniLM on MTEB tasks and LM metrics.
+
+    \b
+    Tasks (--tasks):
+      embedding: STSBenchmark, SICK-R, Banking77Classification, SciFact
+      language model: MMLU, ARC-Easy, HellaSwag, WikiText-2
+    Baselines (--baselines): mean, last, prompteol, minilm
 
     \b
     Examples:
@@ -53,12 +70,16 @@ def eval_command(base, adapter, suite, tasks, baselines, out_dir, data_dir, over
     """
     from ..evaluation import run_evaluation, table_rows
 
-    try:
-        summary = run_evaluation(base=base, adapter=adapter, suite=suite, tasks=_names(tasks),
-                                 baselines=_names(baselines), out_dir=out_dir, data_dir=data_dir, seed=seed,
-                                 batch_size=batch_size, limit=limit, overwrite=overwrite)
-    except GEMError as exc:
-        raise click.ClickException(str(exc)) from None
+    force = pick_alias(force, overwrite_alias, "--force", "--overwrite")
+    # the validation pass: the output folder and the adapter, before any model loads
+    check_output(out_dir, folder=True, force=force, force_hint="pass --force to write into it")
+    if adapter is not None and not adapter.is_dir():
+        raise GEMError(f"adapter folder {adapter} does not exist; check the path")
+    summary = run_evaluation(
+        base=base, adapter=adapter, suite=suite, tasks=_names(tasks), baselines=_names(baselines),
+        out_dir=out_dir, data_dir=data_dir, seed=seed, batch_size=batch_size, limit=limit, overwrite=force,
+        allow_pickle=allow_pickle,
+    )
     header, rows = table_rows(summary)
     click.echo(" | ".join(header))
     for cells in rows:

@@ -1,8 +1,8 @@
 """The ``gem`` click group; each command group lives in a module of its own beside this one.
 
-Library errors (``GEMError``) become ``click.ClickException`` in ``cli/`` and nowhere else
-(``common.library_errors``), so every command fails with one line that names the problem and
-the fix.
+Every exception of a command becomes a one-line ``click.ClickException`` in ``cli/`` and
+nowhere else (``common.library_errors``), so every command fails with one line that names
+the problem and the fix; ``gem --debug`` (or ``GEM_DEBUG=1``) shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -14,25 +14,32 @@ import click
 from ..hub import DEFAULT_MODEL
 from ..version import __version__
 from .adapters import inspect_command, merge_command, stack_command, swap_command
+from .common import DEBUG_ENV, library_errors
 from .embed import embed_command
 from .evaluate import eval_command
+from .export import export_command
+from .serve import serve_command
 from .train import train_command
 
 
 @click.group()
 @click.version_option(__version__, prog_name="gem-adapter")
-def main() -> None:
+@click.option("--debug", is_flag=True, help=f"Show the full traceback of an error (also: {DEBUG_ENV}=1).")
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
     """GEM: embeddings from a decoder LLM that keeps generating.
 
     \b
     Examples:
       gem info
-      gem embed --input texts.txt --output emb.npy
-      gem embed --base ./my-llama --adapter ./gem-adapter --input docs.jsonl --output docs.npy
+      gem embed --input texts.txt --out emb.npy
+      gem embed --base ./my-llama --adapter ./gem-adapter --input docs.jsonl --out docs.npy
     """
+    ctx.meta["gem.debug"] = debug
 
 
 @main.command()
+@library_errors
 def info() -> None:
     """Print versions, the cache location and whether the default model is ready."""
     import importlib.metadata as metadata
@@ -51,7 +58,7 @@ def info() -> None:
 
 
 for command in (embed_command, train_command, eval_command, merge_command, stack_command, swap_command,
-                inspect_command):
+                inspect_command, export_command, serve_command):
     main.add_command(command)
 
 

@@ -95,11 +95,13 @@ def run_evaluation(
     limit: int | None = None,
     overwrite: bool = False,
     show_progress: bool = True,
+    allow_pickle: bool = False,
 ) -> dict[str, Any]:
     """Evaluate GEM and the baselines; write results, summary, report; return the summary.
 
     ``tasks``: names from ``ALL_TASKS`` (default all); ``baselines``: from ``BASELINES``
     (default all; the GEM row always runs); ``limit`` caps every task at that many items.
+    ``allow_pickle`` lets the adapter's weights be a pickled ``adapter_model.bin`` (it can run code).
     """
     started = time.monotonic()
     if suite not in SUITES:
@@ -122,7 +124,8 @@ def run_evaluation(
     from ..model import GEMModel
 
     base_model = GEMModel.from_pretrained(base)
-    gem_model = GEMModel.from_pretrained(base, adapter) if adapter is not None else base_model
+    gem_model = (GEMModel.from_pretrained(base, adapter, allow_pickle=allow_pickle) if adapter is not None
+                 else base_model)
     base_name = _short(base)
     lm_only_base = bool(lm_tasks) and adapter is not None and not {"mean", "last", "prompteol"} & set(rows)
     specs = _row_specs(rows, base_name, adapter, base_model, gem_model, lm_only_base)

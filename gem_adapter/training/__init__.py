@@ -18,7 +18,7 @@ import importlib
 from typing import Any
 
 from .collator import IGNORE_INDEX, GEMCollator
-from .data import make_chunks, read_jsonl, read_texts, split_sentences, train_eval_split
+from .data import jsonl_texts, make_chunks, read_jsonl, read_texts, split_sentences, train_eval_split
 from .recipes import RECIPE_DIR, load_recipe, parse_overrides
 
 _LAZY = {
@@ -33,6 +33,7 @@ __all__ = [
     "GEMCollator",
     "GEMTrainer",
     "GEMTrainingConfig",
+    "jsonl_texts",
     "load_recipe",
     "make_chunks",
     "parse_overrides",

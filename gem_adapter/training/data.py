@@ -112,19 +112,24 @@ def _paragraphs(text: str) -> list[str]:
 
 def read_jsonl(path: Path, field: str = "text") -> list[str]:
     """The string ``field`` of every non-blank line of a JSONL file."""
-    texts = []
     with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise GEMError(f"{path}:{number} is not valid JSON ({exc.msg})") from None
-            value = record.get(field) if isinstance(record, dict) else None
-            if not isinstance(value, str):
-                raise GEMError(f"{path}:{number} has no string field {field!r}; name the text field (--field, data_field)")
-            texts.append(value)
+        return jsonl_texts(handle, str(path), field)
+
+
+def jsonl_texts(lines: Iterable[str], source: str, field: str = "text") -> list[str]:
+    """The string ``field`` of every non-blank JSON line; errors name ``source`` and the line number."""
+    texts = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise GEMError(f"{source}:{number} is not valid JSON ({exc.msg})") from None
+        value = record.get(field) if isinstance(record, dict) else None
+        if not isinstance(value, str):
+            raise GEMError(f"{source}:{number} has no string field {field!r}; name the text field (--field, data_field)")
+        texts.append(value)
     return texts
 
 
