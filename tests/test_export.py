@@ -115,9 +115,10 @@ def test_vllm_layout_keeps_the_generation_tokenizer_at_the_root(tmp_path, base, 
                          for t in TEXTS])
     reference = GEMModel.from_pretrained(base, adapter=adapter).encode(TEXTS)
     assert cosines(last, reference).min() >= 0.99999
-    modules = json.loads((tmp_path / "v" / "modules.json").read_text())
-    assert [m["path"] for m in modules] == ["", "1_Pooling", "2_Normalize"]
-    assert json.loads((tmp_path / "v" / "1_Pooling" / "config.json").read_text())["pooling_mode"] == "lasttoken"
+    # no sentence-transformers files: vLLM would cap the generate runner's context at their max_seq_length
+    assert not (tmp_path / "v" / "modules.json").exists()
+    assert '"pooling_type": "LAST"' in report.commands["embeddings server"]
+    assert "--max-model-len 512" in report.commands["embeddings server"]
 
 
 def test_embedding_tokenizer_wraps_like_encode_and_truncates_only_the_text(base, adapters):

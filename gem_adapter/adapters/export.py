@@ -19,7 +19,7 @@ template, so each export holds two tokenizers:
 | format | folder root | second tokenizer |
 |---|---|---|
 | ``sentence-transformers`` | weights + embedding tokenizer + ST modules (last-token pooling, normalise) | ``generation-tokenizer/`` |
-| ``vllm`` | weights + generation tokenizer + ST modules (vLLM reads the pooling from them) | ``embedding-tokenizer/`` (``--tokenizer``) |
+| ``vllm`` | weights + generation tokenizer (the pooling is given on the command line) | ``embedding-tokenizer/`` (``--tokenizer``) |
 | ``gguf`` | ``model.gguf`` from llama.cpp's own converter (see ``gguf_converter``) | - |
 
 Each export carries ``README.md`` with the exact commands and ``export_report.json``.
@@ -50,6 +50,8 @@ EMBEDDING_TOKENIZER = "embedding-tokenizer"
 GENERATION_TOKENIZER = "generation-tokenizer"
 EXPORT_REPORT = "export_report.json"
 GGUF_NAME = "model.gguf"
+# vLLM's pooler: the last token's state, normalised (vLLM calls normalisation the embed task's activation)
+VLLM_POOLER_CONFIG = {"pooling_type": "LAST", "use_activation": True}
 CONVERTER_ENV = "GEM_LLAMA_CPP_CONVERTER"
 # the template pieces' names inside the tokenizer's TemplateProcessing
 _HEAD, _TAIL, _GEM = "<gem_template_head>", "<gem_template_tail>", "<gem_embedding_token>"
@@ -211,11 +213,12 @@ def _export_with_tokenizers(base_path, base_name, folder, spec, staging: Path, d
     merge_info = write_merged(base_path, base_name, folder, spec, staging, dtype)
     generation = AutoTokenizer.from_pretrained(str(staging))
     embedding = embedding_tokenizer(generation, folder.gem_config)
-    _write_sentence_transformers_modules(staging, folder.gem_config.max_length)
-    pooling_config = json.loads((staging / "1_Pooling" / "config.json").read_text())
-    pooling_config["embedding_dimension"] = int(AutoConfig.from_pretrained(str(staging)).hidden_size)
-    _write_json(staging / "1_Pooling" / "config.json", pooling_config)
+    max_length = folder.gem_config.max_length
     if format == "sentence-transformers":
+        _write_sentence_transformers_modules(staging, max_length)
+        pooling_config = json.loads((staging / "1_Pooling" / "config.json").read_text())
+        pooling_config["embedding_dimension"] = int(AutoConfig.from_pretrained(str(staging)).hidden_size)
+        _write_json(staging / "1_Pooling" / "config.json", pooling_config)
         _save_tokenizer(generation, staging / GENERATION_TOKENIZER)
         for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"):
             (staging / name).unlink(missing_ok=True)
@@ -229,8 +232,12 @@ def _export_with_tokenizers(base_path, base_name, folder, spec, staging: Path, d
     else:
         _save_tokenizer(embedding, staging / EMBEDDING_TOKENIZER)
         embedding_dir, generation_dir = EMBEDDING_TOKENIZER, "."
+        # No sentence-transformers files here: vLLM would take their max_seq_length as the
+        # context of the generate runner too. The pooling runner is told instead; its
+        # --max-model-len refuses texts that encode would have cut (vLLM does not cut them alike).
         commands = {
-            "embeddings server": f"vllm serve {{out}} --runner pooling --tokenizer {{out}}/{EMBEDDING_TOKENIZER}",
+            "embeddings server": f"vllm serve {{out}} --runner pooling --tokenizer {{out}}/{EMBEDDING_TOKENIZER} "
+                                 f"--pooler-config '{json.dumps(VLLM_POOLER_CONFIG)}' --max-model-len {max_length}",
             "chat server": "vllm serve {out} --runner generate",
         }
     return ExportReport(out="", format=format, base=base_name, adapter="", dtype=dtype,
@@ -349,5 +356,5 @@ def export_readme(report: ExportReport) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["EXPORT_REPORT", "FORMATS", "ExportReport", "embedding_tokenizer", "export", "gguf_converter",
+__all__ = ["EXPORT_REPORT", "FORMATS", "VLLM_POOLER_CONFIG", "ExportReport", "embedding_tokenizer", "export", "gguf_converter",
            "gguf_embedding_overrides"]
