@@ -28,6 +28,7 @@ from .errors import GEMError, ModelResolutionError
 from .hub import quantized_copy, resolve_base, store_quantized
 from .masking import attention_inputs
 from .pooling import POOLING_MODES, pool
+from .precision import resolve_dtype
 from .runtime import causal_lm_of
 from .tokens import add_gem_tokens, embedding_ids, leading_special_ids, pad_batch, plain_ids
 
@@ -65,7 +66,7 @@ class GEMModel:
         adapter: str | os.PathLike | None = None,
         *,
         load_in_4bit: bool = False,
-        dtype: torch.dtype | str | None = None,
+        dtype: torch.dtype | str | None = "auto",
         compute_dtype: torch.dtype | str = torch.float32,
         device: str | torch.device | None = None,
         attn_implementation: str = "sdpa",
@@ -76,8 +77,12 @@ class GEMModel:
     ) -> "GEMModel":
         """Load a base model (alias, folder, .gguf or hub id), optionally with an adapter.
 
+        ``dtype`` is the dtype of the (full-precision) weights: ``auto`` (the default) is
+        bfloat16 where ``device`` computes it natively and float32 elsewhere (see
+        ``precision.resolve_dtype``); ``float32``, ``bfloat16`` or ``float16`` always win.
         ``load_in_4bit`` quantises the base with bitsandbytes NF4 and double quantisation;
-        ``compute_dtype`` is the dtype of the 4-bit matmuls. A folder holding
+        ``compute_dtype`` is the dtype of the 4-bit matmuls (``dtype`` auto/None leaves the
+        rest of a 4-bit model to transformers). A folder holding
         ``gem_config.json`` (a merged GEM checkpoint) keeps its trained GEM rows.
         ``fuse`` folds the adapter into the (full-precision) base weights for inference
         speed; ``unfuse_adapters()`` or any adapter switch undoes it (see ``runtime``).
@@ -111,10 +116,10 @@ class GEMModel:
         kwargs: dict[str, Any] = {"attn_implementation": attn_implementation}
         if load_in_4bit:
             kwargs["quantization_config"] = bnb_4bit_config(compute_dtype)
-        if dtype is not None:
-            kwargs["dtype"] = _as_dtype(dtype)
-        elif not load_in_4bit:
-            kwargs["dtype"] = torch.float32
+        if load_in_4bit and (dtype is None or dtype == "auto"):
+            pass  # 4-bit: the matmuls run in compute_dtype; the rest is transformers' default
+        else:
+            kwargs["dtype"] = resolve_dtype(dtype, device if device is not None else "cpu")  # where it lands
         if device is not None:
             kwargs["device_map"] = {"": str(device)}
         elif load_in_4bit:

@@ -166,3 +166,18 @@ def isolated_cache(request, tmp_path, monkeypatch):
         monkeypatch.setenv("GEM_CACHE", str(tmp_path / "gem-cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     yield
+
+
+@pytest.fixture(autouse=True)
+def auto_dtype_is_float32(tmp_path, monkeypatch):
+    """``dtype="auto"`` resolves to float32 on every CPU in tests: they compare float32 numbers.
+
+    On a CPU with AMX-BF16/AVX512-BF16, ``auto`` would load bfloat16; here the cpuinfo reader
+    sees a CPU without those flags. tests/test_precision.py points it at flags of its own.
+    """
+    from gem_adapter import precision
+
+    plain = tmp_path / "cpuinfo-without-bf16"
+    plain.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\n")
+    monkeypatch.setattr(precision, "CPUINFO", plain)
+    yield

@@ -373,7 +373,7 @@ def test_allow_pickle_reaches_the_library(runner, tmp_path, monkeypatch):
 
     seen = {}
 
-    def fake_from_pretrained(base, adapter=None, *, load_in_4bit=False, allow_pickle=False):
+    def fake_from_pretrained(base, adapter=None, *, load_in_4bit=False, allow_pickle=False, dtype="auto"):
         seen["embed"] = allow_pickle
         raise RuntimeError("stop here")
 

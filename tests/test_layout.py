@@ -24,6 +24,7 @@ CORE_TIERS: dict[str, int] = {
     "version": 0,
     "masking": 1,
     "pooling": 2,
+    "precision": 2,
     "hub": 2,
     "config": 3,
     "files": 4,

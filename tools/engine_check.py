@@ -70,6 +70,7 @@ LLAMA_CHILD = textwrap.dedent('''
             llm = llama_cpp.Llama(model_path=request["model"], embedding=True, n_ctx=request["max_length"],
                                   n_batch=request["max_length"], n_ubatch=request["max_length"],
                                   pooling_type=llama_cpp.LLAMA_POOLING_TYPE_LAST,
+                                  type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32,
                                   kv_overrides=request["overrides"], verbose=False)
             answer["embeddings"] = [llm.embed(text, normalize=True) for text in request["texts"]]
         else:

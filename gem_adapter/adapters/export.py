@@ -286,8 +286,10 @@ def _cached_sdist_converter() -> Path:
         raise GEMError("could not fetch llama-cpp-python's source distribution (it carries llama.cpp's converter); "
                        f"pass --converter PATH/convert_hf_to_gguf.py or set {CONVERTER_ENV}")
     with tarfile.open(archives[-1]) as archive:
+        # the converter script, the packages it imports (conversion/, gguf-py/), nothing of the C++
         members = [m for m in archive.getmembers() if "/vendor/llama.cpp/" in m.name and (
-            m.name.endswith("convert_hf_to_gguf.py") or "/gguf-py/" in m.name)]
+            m.name.endswith("/convert_hf_to_gguf.py") or "/vendor/llama.cpp/conversion/" in m.name
+            or "/vendor/llama.cpp/gguf-py/" in m.name)]
         archive.extractall(root, members=members, filter="data")
     found = sorted(root.glob("*/vendor/llama.cpp/convert_hf_to_gguf.py"))
     if not found:
@@ -312,12 +314,17 @@ def _export_gguf(base_path, base_name, folder, spec, staging: Path, dtype: str, 
     command = [sys.executable, str(converter), str(scratch), "--outfile", str(staging / GGUF_NAME), "--outtype", outtype]
     result = subprocess.run(command, capture_output=True, text=True, env=environment)
     if result.returncode != 0:
-        last = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise GEMError(f"llama.cpp's converter failed on the merged model: {last[0]}")
+        last = ((result.stderr or result.stdout).strip().splitlines() or ["no output"])[-1]
+        if "ModuleNotFoundError" in last:
+            raise GEMError(f"llama.cpp's converter needs a module this environment lacks ({last}); install it "
+                           "(pip install 'gem-adapter[gguf]' brings sentencepiece) or pass --converter from a llama.cpp checkout")
+        raise GEMError(f"llama.cpp's converter failed on the merged model: {last}")
     shutil.rmtree(scratch)
     overrides = " ".join(f"--override-kv {key}={kind}:{value}" for key, kind, value in gguf_embedding_overrides(gem_id))
     commands = {
-        "embeddings server": f"llama-server -m {{out}}/{GGUF_NAME} --embeddings --pooling last {overrides}",
+        # float32 KV cache: llama.cpp's default f16 cache moves pair similarities by ~1e-4
+        "embeddings server": f"llama-server -m {{out}}/{GGUF_NAME} --embeddings --pooling last {overrides} "
+                             "--cache-type-k f32 --cache-type-v f32",
         "chat server": f"llama-server -m {{out}}/{GGUF_NAME}",
     }
     return ExportReport(out="", format="gguf", base=base_name, adapter="", dtype=dtype, template=None,

@@ -102,3 +102,13 @@ def require(value, name: str):
     if value is None:
         raise click.UsageError(f"Missing option '{name}'.")
     return value
+
+
+DTYPE_HELP = ("Weights' dtype. auto: bfloat16 where the device computes it natively (CUDA with bf16, a CPU "
+              "with AMX-BF16/AVX512-BF16; see `gem info`), else float32.")
+
+
+def dtype_option(command):
+    """``--dtype auto|float32|bfloat16|float16`` (default auto), for the commands that load a model to run it."""
+    return click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
+                        show_default=True, help=DTYPE_HELP)(command)

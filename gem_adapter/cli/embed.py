@@ -14,7 +14,7 @@ from .checks import (
     read_stdin_texts,
     write_npy_atomically,
 )
-from .common import library_errors, pick_alias, require
+from .common import dtype_option, library_errors, pick_alias, require
 
 __all__ = ["embed_command"]
 
@@ -39,11 +39,12 @@ __all__ = ["embed_command"]
               help="gem: the GEM tokens; mean / last: the plain decoder's baselines  [default: the adapter's, gem]")
 @click.option("--no-normalize", is_flag=True, help="Keep raw vectors instead of unit length.")
 @click.option("--load-in-4bit", is_flag=True, help="Quantise the base to NF4 with bitsandbytes.")
+@dtype_option
 @click.option("--allow-pickle", is_flag=True,
               help="Accept an adapter_model.bin pickle (only from a source you trust; unpickling runs code).")
 @library_errors
 def embed_command(base, adapter, input_path, inline_texts, out, output_alias, force, field, batch_size, max_length,
-                  pooling, no_normalize, load_in_4bit, allow_pickle) -> None:
+                  pooling, no_normalize, load_in_4bit, dtype, allow_pickle) -> None:
     """Embed every text of a file into an (n, dim) float32 .npy array, in file order.
 
     A .txt file or stdin gives one text per line: only \\n and \\r\\n end a line, blank
@@ -71,7 +72,8 @@ def embed_command(base, adapter, input_path, inline_texts, out, output_alias, fo
         raise GEMError(f"adapter folder {adapter} does not exist; check the path")
     check_output(out, folder=False, force=force)
 
-    model = GEMModel.from_pretrained(base, adapter=adapter, load_in_4bit=load_in_4bit, allow_pickle=allow_pickle)
+    model = GEMModel.from_pretrained(base, adapter=adapter, load_in_4bit=load_in_4bit, allow_pickle=allow_pickle,
+                                     dtype=dtype)
     vectors = model.encode(
         texts, batch_size=batch_size, normalize=not no_normalize, max_length=max_length,
         pooling=pooling, show_progress_bar=True,

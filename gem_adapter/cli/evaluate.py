@@ -13,7 +13,7 @@ import click
 from ..errors import GEMError
 from ..hub import DEFAULT_MODEL
 from .checks import check_output
-from .common import library_errors, pick_alias
+from .common import dtype_option, library_errors, pick_alias
 
 # the names `gem eval --help` lists; tests/test_cli_errors.py checks them against the library's
 TASK_NAMES = ("STSBenchmark", "SICK-R", "Banking77Classification", "SciFact", "MMLU", "ARC-Easy", "HellaSwag",
@@ -49,11 +49,12 @@ def _names(value: str | None) -> list[str] | None:
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Embedding batch size.")
 @click.option("--allow-pickle", is_flag=True,
               help="Accept an adapter_model.bin pickle (only from a source you trust; unpickling runs code).")
+@dtype_option
 @click.option("--limit", type=click.IntRange(min=1), default=None, hidden=True,
               help="Cap every task at this many items (smoke tests).")
 @library_errors
 def eval_command(base, adapter, suite, tasks, baselines, out_dir, data_dir, force, overwrite_alias, seed, batch_size,
-                 allow_pickle, limit) -> None:
+                 allow_pickle, dtype, limit) -> None:
     """Compare GEM with the decoder baselines and MiniLM on MTEB tasks and LM metrics.
 
     \b
@@ -78,7 +79,7 @@ def eval_command(base, adapter, suite, tasks, baselines, out_dir, data_dir, forc
     summary = run_evaluation(
         base=base, adapter=adapter, suite=suite, tasks=_names(tasks), baselines=_names(baselines),
         out_dir=out_dir, data_dir=data_dir, seed=seed, batch_size=batch_size, limit=limit, overwrite=force,
-        allow_pickle=allow_pickle,
+        allow_pickle=allow_pickle, dtype=dtype,
     )
     header, rows = table_rows(summary)
     click.echo(" | ".join(header))

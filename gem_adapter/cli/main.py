@@ -41,10 +41,11 @@ def main(ctx: click.Context, debug: bool) -> None:
 @main.command()
 @library_errors
 def info() -> None:
-    """Print versions, the cache location and whether the default model is ready."""
+    """Print versions, bfloat16 support (what --dtype auto picks), the cache location and the default model."""
     import importlib.metadata as metadata
 
     from ..hub import alias_status, cache_dir
+    from ..precision import describe
 
     click.echo(f"gem-adapter {__version__} (python {sys.version.split()[0]})")
     for package in ("torch", "transformers", "peft", "trl", "bitsandbytes", "mteb", "sentence-transformers"):
@@ -53,8 +54,17 @@ def info() -> None:
         except metadata.PackageNotFoundError:
             version = "not installed"
         click.echo(f"{package}: {version}")
+    click.echo(describe("cpu"))
+    if torch_cuda_available():
+        click.echo(describe("cuda").replace("bfloat16:", "bfloat16 on cuda:", 1))
     click.echo(f"cache: {cache_dir()}")
     click.echo(f"default model {alias_status(DEFAULT_MODEL)}")
+
+
+def torch_cuda_available() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
 
 
 for command in (embed_command, train_command, eval_command, merge_command, stack_command, swap_command,

@@ -8,6 +8,7 @@ import click
 
 from ..errors import GEMError
 from ..serving import ServingSettings
+from .common import dtype_option
 
 _DEFAULTS = ServingSettings()
 
@@ -52,11 +53,12 @@ def _adapter_pairs(ctx, param, values: tuple[str, ...]) -> list[tuple[str, str]]
 @click.option("--max-concurrent-generations", type=int, default=_DEFAULTS.max_concurrent_generations,
               show_default=True)
 @click.option("--load-in-4bit", is_flag=True, help="Quantise the base to NF4 with bitsandbytes.")
+@dtype_option
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 def serve_command(base, adapters, model_name, host, port, api_key, allow_pickle, no_adapter_updates, max_inputs,
                   max_input_tokens, truncate, max_body_bytes, max_queue, batch_wait_ms, max_batch_inputs,
-                  max_batch_tokens, max_tokens, max_concurrent_generations, load_in_4bit, log_level) -> None:
+                  max_batch_tokens, max_tokens, max_concurrent_generations, load_in_4bit, dtype, log_level) -> None:
     """Serve a model with OpenAI's API: embeddings, chat and completions from the same weights.
 
     \b
@@ -87,7 +89,7 @@ def serve_command(base, adapters, model_name, host, port, api_key, allow_pickle,
         for name, path in adapters:
             if not Path(path).exists():
                 raise GEMError(f"adapter folder {path} (--adapter {name}=...) does not exist; check the path")
-        model = GEMModel.from_pretrained(base, load_in_4bit=load_in_4bit)
+        model = GEMModel.from_pretrained(base, load_in_4bit=load_in_4bit, dtype=dtype)
         for name, path in adapters:
             model.load_adapter(path, name, allow_pickle=allow_pickle)
         serve(model, host=host, port=port, model_name=model_name or base, api_key=api_key, allow_pickle=allow_pickle,

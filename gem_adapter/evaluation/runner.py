@@ -96,12 +96,14 @@ def run_evaluation(
     overwrite: bool = False,
     show_progress: bool = True,
     allow_pickle: bool = False,
+    dtype: str = "auto",
 ) -> dict[str, Any]:
     """Evaluate GEM and the baselines; write results, summary, report; return the summary.
 
     ``tasks``: names from ``ALL_TASKS`` (default all); ``baselines``: from ``BASELINES``
     (default all; the GEM row always runs); ``limit`` caps every task at that many items.
     ``allow_pickle`` lets the adapter's weights be a pickled ``adapter_model.bin`` (it can run code).
+    ``dtype`` is the weights' dtype (``GEMModel.from_pretrained``; ``auto``: bfloat16 where native).
     """
     started = time.monotonic()
     if suite not in SUITES:
@@ -123,8 +125,8 @@ def run_evaluation(
 
     from ..model import GEMModel
 
-    base_model = GEMModel.from_pretrained(base)
-    gem_model = (GEMModel.from_pretrained(base, adapter, allow_pickle=allow_pickle) if adapter is not None
+    base_model = GEMModel.from_pretrained(base, dtype=dtype)
+    gem_model = (GEMModel.from_pretrained(base, adapter, allow_pickle=allow_pickle, dtype=dtype) if adapter is not None
                  else base_model)
     base_name = _short(base)
     lm_only_base = bool(lm_tasks) and adapter is not None and not {"mean", "last", "prompteol"} & set(rows)
@@ -174,7 +176,7 @@ def run_evaluation(
         "base": str(base), "adapter": str(adapter) if adapter is not None else None, "suite": suite,
         "limit": limit, "seed": seed, "data_dir": str(directory), "mteb_tasks": list(mteb_tasks),
         "lm_tasks": list(lm_tasks), "models": summary_rows, "notes": notes, "lm_shared_rows": shared,
-        "lm_seconds": lm_seconds,
+        "lm_seconds": lm_seconds, "dtype": str(base_model.model.dtype).removeprefix("torch."),
         "versions": _versions(), "wall_time_s": 0.0,
         "finished": datetime.datetime.now().isoformat(timespec="seconds"),
     }

@@ -68,8 +68,7 @@ def load_chunks(config: GEMTrainingConfig, tokenizer) -> tuple[list[list[int]], 
 
 
 def build_peft_model(config: GEMTrainingConfig):
-    """Base model with GEM tokens, wrapped in LoRA with trainable GEM rows only."""
-    import torch
+    """Base model with GEM tokens, wrapped in LoRA with trainable GEM rows only (both float32)."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import set_seed
 
@@ -77,8 +76,7 @@ def build_peft_model(config: GEMTrainingConfig):
 
     gem = GEMModel.from_pretrained(
         config.base_model, load_in_4bit=config.load_in_4bit, compute_dtype=config.bnb_compute_dtype,
-        dtype=None if config.load_in_4bit else (torch.bfloat16 if config.bf16 else torch.float32),
-        config=config.gem_config(),
+        dtype=base_dtype(config), config=config.gem_config(),
     )
     model = gem.model
     if config.load_in_4bit:
@@ -92,8 +90,43 @@ def build_peft_model(config: GEMTrainingConfig):
     )
     set_seed(config.seed)  # LoRA's A matrices are drawn here: same seed, same adapter
     peft_model = get_peft_model(model, lora)
+    trainable_in_float32(peft_model)
     gem.model = peft_model
     return gem
+
+
+def base_dtype(config: GEMTrainingConfig):
+    """The dtype the frozen base loads in: ``base_dtype`` resolved for the training device.
+
+    None for a 4-bit base (its matmuls run in ``bnb_compute_dtype``). ``auto`` is bfloat16
+    where the device computes it natively (``precision.resolve_dtype``) and also when
+    ``bf16`` mixed precision is switched on, as before ``base_dtype`` existed.
+    """
+    import torch
+
+    from ..precision import default_device, resolve_dtype
+
+    if config.load_in_4bit:
+        return None
+    if config.base_dtype == "auto" and config.bf16:
+        return torch.bfloat16
+    return resolve_dtype(config.base_dtype, "cpu" if config.use_cpu else default_device())
+
+
+def trainable_in_float32(model) -> int:
+    """Cast every trainable parameter (LoRA matrices, the GEM rows) to float32; return their count.
+
+    The frozen base may be bfloat16 or float16; the weights the optimiser updates stay
+    float32, so small updates are not rounded away and the saved adapter is float32.
+    """
+    import torch
+
+    count = 0
+    for parameter in model.parameters():
+        if parameter.requires_grad and parameter.dtype != torch.float32:
+            parameter.data = parameter.data.float()
+            count += 1
+    return count
 
 
 def train(
@@ -109,7 +142,12 @@ def train(
     from ..hub import resolve_base
 
     output_dir = Path(config.output_dir)
-    checkpoint = prepare_output_dir(output_dir, resume, overwrite)
+    main_process = _launch_rank() == 0
+    if main_process:
+        checkpoint = prepare_output_dir(output_dir, resume, overwrite)
+    else:  # another process of `accelerate launch`: the main one checks and clears the folder
+        found = complete_checkpoints(output_dir) if resume else []
+        checkpoint = found[-1] if found else None
     tokenizer = AutoTokenizer.from_pretrained(resolve_base(config.base_model))
     train_chunks, eval_chunks = load_chunks(config, tokenizer)
     started = time.time()
@@ -128,17 +166,21 @@ def train(
         gem_token_ids=gem.gem_token_ids,
         gem_config=gem.config,
     )
-    if checkpoint is not None:
-        _truncate_log(output_dir / LOSS_LOG, int(checkpoint.name.split("-")[-1]))
-    else:
-        (output_dir / LOSS_LOG).unlink(missing_ok=True)
-    save_resolved(config, output_dir / RESOLVED_NAME)
+    if main_process:
+        if checkpoint is not None:
+            _truncate_log(output_dir / LOSS_LOG, int(checkpoint.name.split("-")[-1]))
+        else:
+            (output_dir / LOSS_LOG).unlink(missing_ok=True)
+        save_resolved(config, output_dir / RESOLVED_NAME)
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     final_eval = {}
     if eval_chunks:
         at_end = [r for r in trainer.state.log_history if "eval_loss" in r and r.get("step") == result.global_step]
         final_eval = at_end[-1] if at_end else trainer.evaluate()  # no second pass over the same step
 
+    tokens_seen = _summed_over_processes(trainer, trainer.train_tokens_seen)
+    if not trainer.is_world_process_zero():
+        return output_dir  # one process writes the adapter and the summary
     save_adapter(gem, output_dir)
     elapsed = time.time() - started
     tokens = sum(len(c) for c in train_chunks)
@@ -150,12 +192,30 @@ def train(
         "train_chunks": len(train_chunks),
         "eval_chunks": len(eval_chunks),
         "train_tokens_per_epoch": tokens,
-        "train_tokens_seen": trainer.train_tokens_seen,
-        "tokens_per_second": round(trainer.train_tokens_seen / max(result.metrics.get("train_runtime", elapsed), 1e-9), 1),
+        "train_tokens_seen": tokens_seen,
+        "tokens_per_second": round(tokens_seen / max(result.metrics.get("train_runtime", elapsed), 1e-9), 1),
         "resumed_from": str(checkpoint) if checkpoint else None,
     }
     (output_dir / SUMMARY).write_text(json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
     return output_dir
+
+
+def _launch_rank() -> int:
+    """This process's rank under ``accelerate launch`` / ``torchrun`` (0 when run alone)."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
+def _summed_over_processes(trainer, value: int) -> int:
+    """``value`` summed over the data-parallel processes (itself in a single process)."""
+    if trainer.accelerator.num_processes == 1:
+        return int(value)
+    import torch
+
+    total = trainer.accelerator.reduce(torch.tensor([int(value)], device=trainer.accelerator.device), reduction="sum")
+    return int(total.item())
 
 
 def save_adapter(gem, output_dir: Path) -> None:

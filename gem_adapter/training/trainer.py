@@ -34,6 +34,7 @@ from ..version import __version__
 from .collator import IGNORE_INDEX, VIEW_MODES, GEMCollator
 from .data import CHUNK_UNITS
 
+BASE_DTYPES = ("auto", "float32", "bfloat16", "float16")
 LOSS_LOG = "loss_log.jsonl"
 LOSS_CURVE = "loss_curve.png"
 SUMMARY = "train_summary.json"
@@ -60,6 +61,7 @@ class GEMTrainingConfig(SFTConfig):
     lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input."})
     lora_target_modules: Any = field(default="all-linear", metadata={"help": "'all-linear' or a list of module names."})
     load_in_4bit: bool = field(default=False, metadata={"help": "QLoRA: quantise the base to NF4 (bitsandbytes)."})
+    base_dtype: str = field(default="auto", metadata={"help": "Dtype of the frozen base weights (not 4-bit): auto (bfloat16 where the device computes it natively, else float32; bfloat16 also when bf16 is set), float32, bfloat16, float16. LoRA weights and GEM rows train in float32."})
     bnb_compute_dtype: str = field(default="float32", metadata={"help": "Dtype of 4-bit matmuls: float32, bfloat16, float16."})
     contrastive_weight: float = field(default=0.0, metadata={"help": "Weight of the InfoNCE term; 0 is the paper's objective."})
     contrastive_temperature: float = field(default=0.05, metadata={"help": "InfoNCE temperature."})
@@ -80,6 +82,7 @@ class GEMTrainingConfig(SFTConfig):
         _check(self.lora_r >= 1, "lora_r", self.lora_r, ">= 1")
         _check(self.eval_chunks >= 0, "eval_chunks", self.eval_chunks, ">= 0")
         _check(self.embed_template is None or "{text}" in self.embed_template, "embed_template", self.embed_template, "a string containing {text}")
+        _check(self.base_dtype in BASE_DTYPES, "base_dtype", self.base_dtype, f"one of {BASE_DTYPES}")
         _check(self.bnb_compute_dtype in ("float32", "bfloat16", "float16"), "bnb_compute_dtype", self.bnb_compute_dtype, "float32, bfloat16 or float16")
         if self.eval_chunks == 0:
             self.eval_strategy = "no"
@@ -130,6 +133,10 @@ class GEMTrainer(SFTTrainer):
         token_loss = torch.nn.functional.cross_entropy(logits, targets[selected], reduction="none")
         denominator = num_items_in_batch if num_items_in_batch is not None else selected.sum()
         loss = token_loss.sum() / torch.as_tensor(denominator, device=token_loss.device).clamp(min=1)
+        if num_items_in_batch is not None and self.args.average_tokens_across_devices and self.args.world_size > 1:
+            # num_items_in_batch counts every process's labels and DDP averages the gradients
+            # over processes: scale back up, as transformers' own compute_loss does.
+            loss = loss * self.accelerator.num_processes
 
         is_gem_row = (segment_ids == Segment.GEM).any(dim=1, keepdim=True).expand_as(targets)[selected]
         metrics = self._metrics[mode]
@@ -151,6 +158,32 @@ class GEMTrainer(SFTTrainer):
             loss = loss + self.args.contrastive_weight * contrastive
         return (loss, {"loss": loss}) if return_outputs else loss
 
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self.accelerator.num_processes > 1 and self.accelerator.sync_gradients:
+            self._average_gradients(model)
+        return loss
+
+    def _average_gradients(self, model) -> None:
+        """Average the trainable parameters' gradients over the data-parallel processes.
+
+        ``compute_loss`` runs the decoder and the output projection of the unwrapped model
+        (to project only labelled positions), so the DDP wrapper's forward never runs and
+        DDP does not reduce the gradients itself; this does, once per optimizer step.
+        """
+        import torch.distributed as dist
+
+        grads = [p.grad for p in model.parameters() if p.requires_grad and p.grad is not None]
+        if not grads or not (dist.is_available() and dist.is_initialized()):
+            return
+        flat = torch.cat([g.reshape(-1).float() for g in grads])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        flat /= self.accelerator.num_processes
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+            offset += g.numel()
+
     def _info_nce(self, decoder, implementation, dtype, inputs) -> torch.Tensor:
         embeddings = []
         for view in ("view_a", "view_b"):
@@ -171,6 +204,8 @@ class GEMTrainer(SFTTrainer):
         Every checkpoint is then an adapter ``GEMModel.from_pretrained`` can load, and
         none carries a copy of the resized embedding matrix (PEFT's default here).
         """
+        if not self.args.should_save:  # under `accelerate launch`, one process writes
+            return
         output_dir = output_dir or self.args.output_dir
         write_adapter(self.accelerator.unwrap_model(self.model), self.processing_class, self.gem_config, Path(output_dir))
         torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
@@ -179,16 +214,27 @@ class GEMTrainer(SFTTrainer):
         """Write the checkpoint into a staging folder, then rename it into place.
 
         A run killed while saving leaves only the staging folder, which resumption
-        ignores, so it always resumes from a complete checkpoint.
+        ignores, so it always resumes from a complete checkpoint. Under ``accelerate
+        launch`` every process writes its part (its RNG state) into the staging folder and
+        the main process renames it once all have.
         """
         output_dir = self.args.output_dir
         staging = Path(output_dir) / ".staging"
-        shutil.rmtree(staging, ignore_errors=True)
+        if self.args.should_save:
+            shutil.rmtree(staging, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
         self.args.output_dir = str(staging)
         try:
             super()._save_checkpoint(model, trial)
         finally:
             self.args.output_dir = output_dir
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            self._publish_checkpoint(staging)
+        self.accelerator.wait_for_everyone()
+
+    def _publish_checkpoint(self, staging: Path) -> None:
+        output_dir = self.args.output_dir
         name = f"checkpoint-{self.state.global_step}"
         final = Path(output_dir) / name
         if final.exists():

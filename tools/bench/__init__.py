@@ -20,9 +20,13 @@ machine's speed hits them alike; numbers are medians with min/max over repeats):
   plain base (needs ``--adapter``).
 * ``scaling`` forward+backward time of a GEM training batch, encode time, and the cost of
   building the mask alone, for sequence lengths 64..512 and for k = 1, 2, 4.
+* ``precision`` bfloat16 vs float32: a 1024x1024 matmul's GFLOP/s (each dtype's peak), encode
+  sentences/s, greedy generate tokens/s and one LoRA training step (forward+backward+AdamW),
+  each with estimated GFLOP/s and MFU against that dtype's matmul peak; records the CPU's
+  bfloat16 flags (without AMX-BF16/AVX512-BF16, bfloat16 is emulated and slower).
 
 Writes ``bench.json`` and ``bench.md`` to ``--out``. A benchmark, not a test: nothing here
 asserts a time.
 """
 
-SECTIONS = ("train", "encode", "memory", "merged", "scaling")
+SECTIONS = ("train", "encode", "memory", "merged", "scaling", "precision")

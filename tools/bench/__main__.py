@@ -18,7 +18,7 @@ import time  # noqa: E402
 import torch  # noqa: E402
 
 import bench  # noqa: E402
-from bench import SECTIONS, encode, memory, merged, report, scaling, train  # noqa: E402
+from bench import SECTIONS, encode, memory, merged, precision, report, scaling, train  # noqa: E402
 
 
 def main() -> None:
@@ -41,6 +41,10 @@ def main() -> None:
     parser.add_argument("--scaling-k", default="1,2,4")
     parser.add_argument("--scaling-k-length", type=int, default=128)
     parser.add_argument("--scaling-batch", type=int, default=4)
+    parser.add_argument("--precision-texts", type=int, default=256, help="sentences encoded per precision run")
+    parser.add_argument("--precision-train-batch", type=int, default=8, help="chunks in the precision training step")
+    parser.add_argument("--precision-matmul-size", type=int, default=1024)
+    parser.add_argument("--precision-matmul-iterations", type=int, default=20)
     parser.add_argument("--memory-child", choices=memory.MEMORY_VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=Path("bench"))
     args = parser.parse_args()
@@ -61,7 +65,8 @@ def main() -> None:
                      "torch": torch.__version__, "threads": torch.get_num_threads(), "repeats": args.repeats,
                      "base": args.base, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     runners = {"train": train.bench_train, "encode": encode.bench_encode, "memory": memory.bench_memory,
-               "merged": merged.bench_merged, "scaling": scaling.bench_scaling}
+               "merged": merged.bench_merged, "scaling": scaling.bench_scaling,
+               "precision": precision.bench_precision}
     args.out.mkdir(parents=True, exist_ok=True)
     for name in sections:
         start = time.perf_counter()

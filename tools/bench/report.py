@@ -54,4 +54,15 @@ def markdown(results: dict) -> str:
             lines.append(f"| {r['seq_len']} | {r['k']} | {r['batch']} | {m(r['mask_s'])} | {m(r['forward_s'])} | "
                          f"{m(r['forward_backward_s'])} | {m(r['encode_s'])} | {r['mask_share_of_forward']} |")
         lines += ["", results["scaling"]["note"], ""]
+    if "precision" in results:
+        p = results["precision"]
+        flags = ", ".join(f"{flag} {'yes' if present else 'no'}" for flag, present in p["cpu_flags"].items())
+        lines += ["### bfloat16 vs float32 (one process, alternating)", "", f"CPU flags: {flags}. {p['auto']}.", "",
+                  "| workload | dtype | rate | est. GFLOP/s | MFU (vs this dtype's best matmul) | bf16 / fp32 rate |",
+                  "|---|---|---|---|---|---|"]
+        for r in p["rows"]:
+            ratio_cell = f"**{p['bf16_over_fp32'][r['workload']]}**" if r["dtype"] == "bfloat16" else ""
+            lines.append(f"| {r['workload']} | {r['dtype']} | {m(r['rate'])} {r['unit']} | {r['gflops']} | {r['mfu']} | {ratio_cell} |")
+        lines += ["", p["setup"] + ". FLOPs: 2 x parameters x tokens per forward pass, x3 for a training step "
+                  "(attention's length term left out).", ""]
     return "\n".join(lines)
