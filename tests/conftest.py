@@ -168,8 +168,16 @@ def isolated_cache(request, tmp_path, monkeypatch):
     yield
 
 
+@pytest.fixture(scope="session")
+def cpuinfo_without_bf16(tmp_path_factory) -> Path:
+    """A cpuinfo file of a CPU without AMX-BF16/AVX512-BF16, outside every test's tmp_path."""
+    path = tmp_path_factory.mktemp("cpu") / "cpuinfo-without-bf16"
+    path.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\n")
+    return path
+
+
 @pytest.fixture(autouse=True)
-def auto_dtype_is_float32(tmp_path, monkeypatch):
+def auto_dtype_is_float32(cpuinfo_without_bf16, monkeypatch):
     """``dtype="auto"`` resolves to float32 on every CPU in tests: they compare float32 numbers.
 
     On a CPU with AMX-BF16/AVX512-BF16, ``auto`` would load bfloat16; here the cpuinfo reader
@@ -177,7 +185,5 @@ def auto_dtype_is_float32(tmp_path, monkeypatch):
     """
     from gem_adapter import precision
 
-    plain = tmp_path / "cpuinfo-without-bf16"
-    plain.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\n")
-    monkeypatch.setattr(precision, "CPUINFO", plain)
+    monkeypatch.setattr(precision, "CPUINFO", cpuinfo_without_bf16)
     yield
