@@ -28,7 +28,7 @@ from .errors import GEMError, ModelResolutionError
 from .hub import quantized_copy, resolve_base, store_quantized
 from .masking import attention_inputs
 from .pooling import POOLING_MODES, pool
-from .precision import resolve_dtype
+from .precision import named_dtype, resolve_dtype
 from .runtime import causal_lm_of
 from .tokens import add_gem_tokens, embedding_ids, leading_special_ids, pad_batch, plain_ids
 
@@ -408,18 +408,8 @@ def bnb_4bit_config(compute_dtype: torch.dtype | str = torch.float32):
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=_as_dtype(compute_dtype),
+        bnb_4bit_compute_dtype=named_dtype(compute_dtype),
     )
-
-
-def _as_dtype(value: torch.dtype | str) -> torch.dtype:
-    if isinstance(value, torch.dtype):
-        return value
-    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
-    if value not in names:
-        raise GEMError(f"dtype {value!r} is not one of {sorted(names)}")
-    return names[value]
 
 
 def _check_adapter_folder(path: Path, allow_pickle: bool = False):

@@ -70,16 +70,24 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: str | torch.device | 
     Names: auto, float32/fp32, bfloat16/bf16, float16/fp16, or a torch floating dtype.
     Anything else is refused with a ``GEMError`` naming the valid values.
     """
-    if isinstance(dtype, torch.dtype):
-        if not dtype.is_floating_point:
-            raise GEMError(f"dtype {dtype} is not a floating-point dtype; use one of {DTYPE_CHOICES}")
-        return dtype
     if dtype is None or dtype == "auto":
         native, _ = native_bfloat16(device)
         return torch.bfloat16 if native else torch.float32
+    return named_dtype(dtype, DTYPE_CHOICES)
+
+
+def named_dtype(dtype: str | torch.dtype, choices: tuple[str, ...] = DTYPE_CHOICES[1:]) -> torch.dtype:
+    """An explicit dtype (float32/fp32, bfloat16/bf16, float16/fp16, or a torch floating dtype); no ``auto``.
+
+    ``choices`` are the names the refusal lists (``resolve_dtype`` adds ``auto``).
+    """
+    if isinstance(dtype, torch.dtype):
+        if not dtype.is_floating_point:
+            raise GEMError(f"dtype {dtype} is not a floating-point dtype; use one of {choices}")
+        return dtype
     if isinstance(dtype, str) and dtype.strip().lower() in _NAMES:
         return _NAMES[dtype.strip().lower()]
-    raise GEMError(f"dtype {dtype!r} is not one of {DTYPE_CHOICES} (or fp32, bf16, fp16)")
+    raise GEMError(f"dtype {dtype!r} is not one of {choices} (or fp32, bf16, fp16)")
 
 
 def describe(device: str | torch.device | None = None) -> str:

@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import GEMError
+from ..hub import apply_umask
 
 ICONV_HINT = "convert it to UTF-8 (e.g. iconv -f latin1 -t utf-8)"
 
@@ -148,12 +149,6 @@ def check_output(path: Path, *, folder: bool, force: bool, option: str = "--out"
 
 
 # ---------------------------------------------------------------------------- writing
-def current_umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def write_npy_atomically(array, output: Path) -> None:
     """Write to a temporary file beside ``output`` and rename, so a failure leaves nothing.
 
@@ -167,7 +162,7 @@ def write_npy_atomically(array, output: Path) -> None:
     try:
         with handle:
             np.save(handle, array)
-        os.chmod(handle.name, 0o666 & ~current_umask())
+        apply_umask(Path(handle.name), directory=False)
         os.replace(handle.name, output)
     except BaseException:
         Path(handle.name).unlink(missing_ok=True)
