@@ -269,13 +269,27 @@ def _vocab_rows(adapter: AdapterFolder, base: BaseSpec) -> int:
     return max(rows, max(indices) + 1) if indices else rows
 
 
+def _check_rows_without_tokenizer(adapter: AdapterFolder, base: BaseSpec) -> None:
+    """A GEM adapter saved without its tokenizer (the shipped one) takes the base's, with the GEM
+    tokens appended as ``GEMModel`` appends them: its trained rows must be where those land."""
+    gem_tokens = adapter.gem_config.gem_tokens if adapter.gem_config is not None else []
+    if base.gem_tokens:
+        expected = [base.gem_tokens[t] for t in gem_tokens if t in base.gem_tokens]
+    elif base.vocab:
+        expected = list(range(len(base.vocab), len(base.vocab) + len(gem_tokens)))
+    else:
+        return
+    if adapter.token_indices and adapter.token_indices != expected:
+        raise IncompatibleError(
+            f"adapter {adapter.path} has no tokenizer files and trains token rows {adapter.token_indices}, but the "
+            f"base's tokenizer with the GEM tokens added puts them at {expected}; save the adapter with its tokenizer"
+        )
+
+
 def _check_vocabulary(adapter: AdapterFolder, base: BaseSpec) -> None:
     if not _has_tokenizer(adapter.path):
         if adapter.is_gem:
-            raise IncompatibleError(
-                f"adapter {adapter.path} has no tokenizer files; a GEM adapter folder must hold the tokenizer "
-                "with its GEM tokens - re-save it"
-            )
+            _check_rows_without_tokenizer(adapter, base)
         return  # a plain LoRA without tokenizer: nothing to compare
     from transformers import AutoTokenizer
 

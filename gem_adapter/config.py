@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import os
 from dataclasses import dataclass, field
@@ -64,6 +65,10 @@ class GEMConfig:
     library_version: str | None = field(
         default=None, metadata={"help": "gem-adapter version that wrote this config."}
     )
+    matryoshka_dims: list[int] | None = field(
+        default=None,
+        metadata={"help": "Prefix sizes the embedding was trained to be cut to (encode(dimensions=d)); None: full size only."},
+    )
 
     def __post_init__(self) -> None:
         if not isinstance(self.num_gem_tokens, int) or self.num_gem_tokens < 1:
@@ -88,6 +93,10 @@ class GEMConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise GEMConfigError(f"{name} must be an integer >= 1, got {value!r}")
+        try:
+            self.matryoshka_dims = check_matryoshka_dims(self.matryoshka_dims)
+        except (TypeError, ValueError) as exc:
+            raise GEMConfigError(str(exc)) from None
 
     @property
     def gem_tokens(self) -> list[str]:
@@ -128,6 +137,28 @@ class GEMConfig:
     @staticmethod
     def exists(folder: str | os.PathLike) -> bool:
         return (Path(folder) / GEM_CONFIG_NAME).is_file()
+
+
+def check_matryoshka_dims(dims, hidden_size: int | None = None) -> list[int] | None:
+    """``dims`` as a list once checked: positive, strictly increasing, below ``hidden_size``.
+
+    Raises ``TypeError`` / ``ValueError`` with one line naming the bad value (and the hidden size).
+    """
+    if dims is None:
+        return None
+    if isinstance(dims, (str, bytes)) or not isinstance(dims, (list, tuple)):
+        raise TypeError(f"matryoshka_dims must be a list of integers, got {dims!r}")
+    values = list(dims)
+    if not values or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in values):
+        raise ValueError(f"matryoshka_dims must be a non-empty list of positive integers, got {values!r}")
+    if any(b <= a for a, b in itertools.pairwise(values)):
+        raise ValueError(f"matryoshka_dims must be strictly increasing, got {values!r}")
+    if hidden_size is not None and values[-1] >= hidden_size:
+        raise ValueError(
+            f"matryoshka_dims must lie below the model's hidden size {hidden_size} (the full size is always trained), "
+            f"got {values[-1]}"
+        )
+    return values
 
 
 def base_fingerprint(model_config) -> str:

@@ -381,6 +381,22 @@ def _staged_folder(folder: Path) -> Iterator[Path]:
             os.replace(staging, folder)
 
 
+# ---------------------------------------------------------------------------- shipped adapters
+SHIPPED_DIR = Path(__file__).resolve().parent / "shipped"
+# alias -> the folder under shipped/ holding the GEM adapter trained for it by the project's recipe
+SHIPPED_ADAPTERS: dict[str, str] = {"smollm2-135m": "smollm2-135m"}
+DEFAULT_ADAPTER = "default"  # the value of ``adapter`` that asks for the shipped adapter, where there is one
+
+
+def shipped_adapter(base: str | os.PathLike) -> Path | None:
+    """The adapter folder shipped in the package for the base alias ``base``; None for any other base."""
+    name = SHIPPED_ADAPTERS.get(str(base))
+    if name is None:
+        return None
+    folder = SHIPPED_DIR / name
+    return folder if (folder / "adapter_config.json").is_file() else None
+
+
 def alias_status(alias: str = DEFAULT_MODEL) -> str:
     """One line saying whether an alias is ready in the cache."""
     spec = ALIASES[alias]

@@ -25,7 +25,7 @@ import torch
 from . import runtime
 from .config import GEMConfig
 from .errors import GEMError, ModelResolutionError
-from .hub import quantized_copy, resolve_base, store_quantized
+from .hub import DEFAULT_ADAPTER, quantized_copy, resolve_base, shipped_adapter, store_quantized
 from .masking import attention_inputs
 from .pooling import POOLING_MODES, pool
 from .precision import named_dtype, resolve_dtype
@@ -63,7 +63,7 @@ class GEMModel:
     def from_pretrained(
         cls,
         base: str | os.PathLike = "smollm2-135m",
-        adapter: str | os.PathLike | None = None,
+        adapter: str | os.PathLike | None = DEFAULT_ADAPTER,
         *,
         load_in_4bit: bool = False,
         dtype: torch.dtype | str | None = "auto",
@@ -76,6 +76,11 @@ class GEMModel:
         allow_pickle: bool = False,
     ) -> "GEMModel":
         """Load a base model (alias, folder, .gguf or hub id), optionally with an adapter.
+
+        ``adapter``: a folder written by ``gem train``; ``"default"`` (the default) is the adapter
+        shipped in the package for the base alias ``smollm2-135m`` (``hub.shipped_adapter``) and
+        nothing for any other base, or when ``config`` is given; None is the bare base, whose
+        GEM token is untrained.
 
         ``dtype`` is the dtype of the (full-precision) weights: ``auto`` (the default) is
         bfloat16 where ``device`` computes it natively and float32 elsewhere (see
@@ -99,10 +104,15 @@ class GEMModel:
             raise GEMError(
                 f"attn_implementation {attn_implementation!r} is not supported; use one of {SUPPORTED_ATTENTION}"
             )
+        if adapter is not None and str(adapter) == DEFAULT_ADAPTER:
+            # the adapter shipped for a base alias (smollm2-135m), unless a config asks for a bare base
+            adapter = shipped_adapter(base) if config is None else None
         base_path = resolve_base(base)
         adapter_path = Path(adapter) if adapter is not None else None
         adapter_folder = _check_adapter_folder(adapter_path, allow_pickle) if adapter_path is not None else None
-        tokenizer_source = str(adapter_path) if adapter_path is not None else base_path
+        # an adapter without tokenizer files (the shipped one) takes the base's; its GEM tokens are added below
+        has_tokenizer = adapter_path is not None and (adapter_path / "tokenizer_config.json").is_file()
+        tokenizer_source = str(adapter_path) if has_tokenizer else base_path
 
         merged_checkpoint = GEMConfig.exists(base_path)
         if config is None:
@@ -178,6 +188,7 @@ class GEMModel:
         template: str | None = None,
         convert_to_numpy: bool = True,
         convert_to_tensor: bool = False,
+        dimensions: int | None = None,
     ) -> np.ndarray | torch.Tensor:
         """Embed texts; returns (n, hidden_size) in input order (a 1D vector for one str).
 
@@ -189,6 +200,9 @@ class GEMModel:
         ``max_length`` None means the config's (512 by default); a value that leaves no
         room for at least one text token after the GEM tokens, the template and the
         tokenizer's leading special tokens is refused with a ``ValueError``.
+        ``dimensions`` keeps the first ``dimensions`` values of each vector (L2-normalised
+        again when ``normalize``): Matryoshka truncation, meant for adapters trained with
+        ``matryoshka_dims`` (``config.matryoshka_dims`` lists the sizes they were trained at).
         """
         single = isinstance(sentences, str)
         texts = [sentences] if single else list(sentences)
@@ -197,6 +211,12 @@ class GEMModel:
                 raise TypeError(f"sentences[{index}] is {type(text).__name__}, expected str")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if dimensions is not None:
+            if isinstance(dimensions, bool) or not isinstance(dimensions, numbers.Integral):
+                raise TypeError(f"dimensions must be an int or None, got {dimensions!r}")
+            if not 1 <= dimensions <= self.embedding_dim:
+                raise ValueError(f"dimensions must lie in 1..{self.embedding_dim} (the embedding size), got {dimensions}")
+            dimensions = int(dimensions)
         pooling = pooling or self.config.pooling
         if pooling not in POOLING_MODES:
             raise ValueError(f"pooling {pooling!r} is not one of {POOLING_MODES}")
@@ -227,6 +247,8 @@ class GEMModel:
         for start in tqdm(starts, desc="Embedding", unit="batch", disable=not show_progress_bar):
             batch = order[start : start + batch_size]
             embedded = self._embed_rows([rows[i] for i in batch], pooling)
+            if dimensions is not None:
+                embedded = embedded[:, :dimensions]
             if normalize:
                 embedded = torch.nn.functional.normalize(embedded, dim=-1)
             for index, vector in zip(batch, embedded):
@@ -235,7 +257,7 @@ class GEMModel:
         if vectors:
             result = torch.stack(vectors).float().cpu()
         else:
-            result = torch.zeros((0, self.embedding_dim), dtype=torch.float32)
+            result = torch.zeros((0, dimensions or self.embedding_dim), dtype=torch.float32)
         if single:
             result = result[0]
         if convert_to_tensor or not convert_to_numpy:

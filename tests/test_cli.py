@@ -71,6 +71,7 @@ def test_info_reports_versions_cache_and_default_model(runner):
     assert "transformers: 5." in result.output
     assert "cache: " in result.output
     assert "default model smollm2-135m: not cached" in result.output
+    assert "shipped adapter: " in result.output and "smollm2-135m" in result.output.split("shipped adapter: ")[1]
 
 
 def test_embed_inline_texts_and_stdin(runner, tiny_model_folder, tmp_path):

@@ -6,10 +6,17 @@ import json
 
 import pytest
 from click.testing import CliRunner
-
 from conftest import SHARED_DATA
+
 from gem_adapter.cli.evaluate import eval_command
+from gem_adapter.errors import GEMError
 from gem_adapter.evaluation.report import render_markdown, table_rows, write_report
+from gem_adapter.evaluation.runner import (
+    SUITES,
+    lm_differences,
+    mteb_averages,
+    train_splits_used,
+)
 
 needs_data = pytest.mark.skipif(not (SHARED_DATA / "README.md").is_file(), reason=f"no evaluation data at {SHARED_DATA}")
 
@@ -19,21 +26,29 @@ def test_eval_on_a_tiny_model_writes_results_summary_and_report(tiny_model_folde
     from mteb.results import ModelResult
 
     out = tmp_path / "eval"
-    args = ["--base", str(tiny_model_folder), "--tasks", "STSBenchmark,SciFact,arc-easy,WikiText-2",
+    args = ["--base", str(tiny_model_folder), "--tasks", "STSBenchmark,Banking77Clustering,SciFact,arc-easy,WikiText-2",
             "--baselines", "mean,prompteol", "--out", str(out), "--data-dir", str(SHARED_DATA), "--limit", "4"]
     result = CliRunner().invoke(eval_command, args)
     assert result.exit_code == 0, result.output
-    assert "Model | STSB | SciFact | MTEB avg | ARC-E | LM avg | WikiText-2 ppl" in result.output
+    assert "Model | STSB | B77 clust | SciFact | MTEB avg | ARC-E | LM avg | WikiText-2 ppl" in result.output
+    assert "GEM − PromptEOL | " in result.output  # the difference row
     for name in ("report.md", "report.png", "summary.json", "results/mean.json", "results/prompteol.json",
                  "results/gem.json", "results/lm-base.json"):
         assert (out / name).is_file(), name
     model_result = ModelResult.from_disk(out / "results" / "gem.json")
-    assert sorted(r.task_name for r in model_result.task_results) == ["STSBenchmark", "SciFact"]
+    assert sorted(r.task_name for r in model_result.task_results) == ["Banking77Clustering", "STSBenchmark", "SciFact"]
     summary = json.loads((out / "summary.json").read_text())
     assert [row["id"] for row in summary["models"]] == ["mean", "prompteol", "gem"]
+    arc = summary["models"][0]["lm"]["ARC-Easy"]
+    assert arc["n"] == 4 and arc["acc_norm_se"] == pytest.approx((arc["acc_norm"] * (1 - arc["acc_norm"]) / 4) ** 0.5)
+    assert "correct" not in arc  # per-item outcomes stay in results/lm-*.json
+    assert len(json.loads((out / "results" / "lm-base.json").read_text())["ARC-Easy"]["correct"]["acc_norm"]) == 4
+    assert summary["train_splits_used"] is None and summary["in_domain_tasks"] == [] and summary["lm_difference"] == {}
     report = (out / "report.md").read_text()
     assert "STSBenchmark: 4 of 1,379 pairs (seeded random subset, seed 0)" in report
     assert "WikiText-2: first 128 tokens of the test file; window 64, stride 32" in report
+    assert "Banking77Clustering: 4 of 3,080 test texts (seeded random subset, seed 0, stratified by label)" in report
+    assert "1 k-means run(s)" in report
     assert "tiny-llama GEM (untrained)" in report
 
     again = CliRunner().invoke(eval_command, args)
@@ -76,3 +91,136 @@ def test_report_table_and_chart_from_a_summary(tmp_path):
     assert "- STSBenchmark: all 1,379 pairs" in render_markdown(summary)
     markdown, image = write_report(summary, tmp_path)
     assert markdown.read_text().startswith("# GEM evaluation: m") and image.stat().st_size > 10_000
+
+
+def test_suites_sizes():
+    quick, full = SUITES["quick"], SUITES["full"]
+    assert (quick.sts_pairs, quick.banking_test, quick.clustering_texts, quick.mmlu_per_subject, quick.arc,
+            quick.hellaswag, quick.wikitext_tokens) == (200, 154, 308, 6, 100, 40, 2048)
+    # full: every embedding task whole; MMLU >= 1,400 stratified, HellaSwag >= 1,000, ARC-Easy and WikiText-2 whole
+    assert full.clustering_texts is None and full.sts_pairs is None and full.scifact_corpus is None
+    assert full.mmlu_total >= 1400 and full.mmlu_per_subject is None and full.mmlu_subject_step == 1
+    assert full.hellaswag >= 1000 and full.arc is None and full.wikitext_tokens is None
+    smoke = full.capped(8)
+    assert (smoke.clustering_texts, smoke.clustering_runs, smoke.mmlu_total, smoke.mmlu_per_subject, smoke.hellaswag) == (
+        8, 1, None, 8, 8)
+
+
+def test_in_domain_tasks_come_from_the_adapters_train_summary(tmp_path):
+    assert train_splits_used(None) is None and train_splits_used(tmp_path) is None  # no file: one average
+    (tmp_path / "train_summary.json").write_text(json.dumps({"global_step": 80}))
+    assert train_splits_used(tmp_path) is None  # a summary from before the key: one average
+    (tmp_path / "train_summary.json").write_text(json.dumps(
+        {"train_splits_used": ["stsbenchmark", "Banking77Classification", "Banking77Clustering", "MSMARCO"]}))
+    used = train_splits_used(tmp_path)
+    assert used == ["STSBenchmark", "Banking77Classification", "Banking77Clustering", "MSMARCO"]
+    scores = {"STSBenchmark": 80.0, "SICK-R": 60.0, "Banking77Classification": 70.0, "Banking77Clustering": 30.0,
+              "SciFact": 50.0}
+    assert mteb_averages(scores, used) == {"mteb_average": 58.0, "mteb_average_held_out": 55.0}
+    assert mteb_averages(scores, None) == {"mteb_average": 58.0}
+    assert mteb_averages({"STSBenchmark": 80.0}, used)["mteb_average_held_out"] is None
+    (tmp_path / "train_summary.json").write_text(json.dumps({"train_splits_used": "STSBenchmark"}))
+    with pytest.raises(GEMError, match="must be a list of MTEB task names"):
+        train_splits_used(tmp_path)
+
+
+def test_lm_differences_pair_the_same_items():
+    gem = {"ARC-Easy": {"acc_norm": 0.6, "correct": {"acc_norm": [1, 1, 0, 0, 1]}},
+           "MMLU": {"acc": 0.5, "correct": {"acc": [1, 0]}},
+           "WikiText-2": {"perplexity": 22.0}}
+    base = {"ARC-Easy": {"acc_norm": 0.4, "correct": {"acc_norm": [1, 0, 0, 1, 0]}},
+            "MMLU": {"acc": 0.5, "correct": {"acc": [0, 1]}},
+            "WikiText-2": {"perplexity": 20.0}}
+    changes = lm_differences(gem, base)
+    assert changes["ARC-Easy"]["difference"] == pytest.approx(0.2) and changes["ARC-Easy"]["n"] == 5
+    assert changes["ARC-Easy"]["se"] == pytest.approx((0.56 / 5) ** 0.5)
+    assert changes["MMLU"]["difference"] == 0.0 and changes["MMLU"]["se"] == pytest.approx(0.5 ** 0.5)  # d = [1, -1]
+    assert changes["WikiText-2"]["difference"] == 2.0 and changes["WikiText-2"]["relative"] == pytest.approx(0.1)
+
+
+def test_report_with_in_domain_tasks_standard_errors_and_the_prompteol_difference(tmp_path):
+    used = ["STSBenchmark", "Banking77Classification"]
+    tasks = ["STSBenchmark", "SICK-R", "Banking77Classification", "SciFact"]
+
+    def row(row_id, display, scores, lm):
+        return {"id": row_id, "display": display, "description": "d", "seconds": 1.0, "mteb": scores,
+                **mteb_averages(scores, used), "lm": lm, "lm_average": lm["ARC-Easy"]["acc_norm"]}
+
+    base_lm = {"ARC-Easy": {"acc_norm": 0.4, "acc_norm_se": 0.01}}
+    gem_lm = {"ARC-Easy": {"acc_norm": 0.42, "acc_norm_se": 0.011}}
+    summary = {
+        "base": "m", "adapter": "runs/a", "suite": "full", "limit": None, "seed": 0, "data_dir": "/d",
+        "mteb_tasks": tasks, "lm_tasks": ["ARC-Easy"],
+        "models": [row("prompteol", "m PromptEOL", dict(zip(tasks, [70.0, 60.0, 50.0, 40.0])), base_lm),
+                   row("gem", "m GEM (a)", dict(zip(tasks, [80.0, 58.0, 70.0, 45.0])), gem_lm)],
+        "notes": {}, "lm_shared_rows": [], "lm_seconds": {}, "versions": {}, "wall_time_s": 1.0, "finished": "now",
+        "lm_difference": {"ARC-Easy": {"metric": "acc_norm", "gem": 0.42, "base": 0.4, "difference": 0.02,
+                                       "se": 0.005, "n": 2376}},
+        "train_splits_used": used, "in_domain_tasks": used,
+    }
+    header, rows = table_rows(summary)
+    assert header == ["Model", "STSB*", "SICK-R", "Banking77*", "SciFact", "held-out avg", "all avg", "ARC-E", "LM avg"]
+    assert rows == [
+        ["m PromptEOL", "70.0", "60.0", "50.0", "40.0", "50.0", "55.0", "40.0 ± 1.0", "40.0"],
+        ["m GEM (a)", "80.0", "58.0", "70.0", "45.0", "51.5", "63.2", "42.0 ± 1.1", "42.0"],
+        ["GEM − PromptEOL", "+10.0", "-2.0", "+20.0", "+5.0", "+1.5", "+8.2", "+2.0 ± 0.5", "+2.0"],
+    ]
+    text = render_markdown(summary)
+    assert "held-out avg: mean over the 2 task(s) whose train split the adapter's recipe did not use (SICK-R, SciFact)" in text
+    assert "Columns marked * are in-domain" in text and "train_splits_used: STSBenchmark, Banking77Classification" in text
+    assert "GEM is above PromptEOL on 3 of 4 task(s) (not on SICK-R)" in text
+    assert "- ARC-Easy (acc_norm): 42.0 vs 40.0, difference +2.0 ± 0.5 (paired standard error over the same 2,376 items)" in text
+    # without train_splits_used: one average, as before
+    summary.update(train_splits_used=None, in_domain_tasks=[])
+    header, _ = table_rows(summary)
+    assert header[1:6] == ["STSB", "SICK-R", "Banking77", "SciFact", "MTEB avg"]
+    assert write_report(summary, tmp_path)[1].stat().st_size > 10_000
+
+
+def random_adapter(base, out):
+    """A GEM adapter with a random LoRA on q/v and random GEM rows, saved as training saves one."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from gem_adapter import GEMConfig, GEMModel
+    from gem_adapter.config import base_fingerprint
+
+    config = GEMConfig(base_model=str(base))
+    gem = GEMModel.from_pretrained(base, config=config)
+    torch.manual_seed(1)
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False,
+                      trainable_token_indices=list(gem.gem_token_ids))
+    model = get_peft_model(gem.model, lora)
+    model.save_pretrained(out, save_embedding_layers=False)
+    gem.tokenizer.save_pretrained(out)
+    config.base_fingerprint = base_fingerprint(model.get_base_model().config)
+    config.save(out)
+    return out
+
+
+@needs_data
+def test_eval_with_an_adapter_marks_in_domain_tasks_and_pairs_the_lm_difference(tiny_model_folder, tmp_path):
+    adapter = random_adapter(tiny_model_folder, tmp_path / "adapter")
+    (adapter / "train_summary.json").write_text(json.dumps({"train_splits_used": ["STSBenchmark"]}))
+    out = tmp_path / "eval"
+    args = ["--base", str(tiny_model_folder), "--adapter", str(adapter), "--tasks", "STSBenchmark,SciFact,ARC-Easy",
+            "--baselines", "prompteol", "--out", str(out), "--data-dir", str(SHARED_DATA), "--limit", "4"]
+    result = CliRunner().invoke(eval_command, args)
+    assert result.exit_code == 0, result.output
+    assert "Model | STSB* | SciFact | held-out avg | all avg | ARC-E | LM avg" in result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["train_splits_used"] == ["STSBenchmark"] and summary["in_domain_tasks"] == ["STSBenchmark"]
+    prompteol, gem = summary["models"]
+    for row in (prompteol, gem):
+        assert row["mteb_average_held_out"] == pytest.approx(row["mteb"]["SciFact"])
+        assert row["mteb_average"] == pytest.approx((row["mteb"]["SciFact"] + row["mteb"]["STSBenchmark"]) / 2)
+    change = summary["lm_difference"]["ARC-Easy"]
+    outcomes = {key: json.loads((out / "results" / f"lm-{key}.json").read_text())["ARC-Easy"]["correct"]["acc_norm"]
+                for key in ("base", "gem")}
+    assert change["n"] == 4 and change["difference"] == pytest.approx(gem["lm"]["ARC-Easy"]["acc_norm"]
+                                                                      - prompteol["lm"]["ARC-Easy"]["acc_norm"])
+    d = [a - b for a, b in zip(outcomes["gem"], outcomes["base"])]
+    mean = sum(d) / 4
+    assert change["se"] == pytest.approx((sum((x - mean) ** 2 for x in d) / 4 / 4) ** 0.5)
+    report = (out / "report.md").read_text()
+    assert "| GEM − PromptEOL |" in report and "## Language model: adapter minus base decoder" in report

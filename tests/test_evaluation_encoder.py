@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
+from conftest import SHARED_DATA, tiny_gem
 from scipy.stats import spearmanr
 
-from conftest import SHARED_DATA, tiny_gem
 from gem_adapter.evaluation import GEMEncoder, evaluate_mteb, load_minilm, load_task
 
 needs_data = pytest.mark.skipif(not (SHARED_DATA / "README.md").is_file(), reason=f"no evaluation data at {SHARED_DATA}")
@@ -21,6 +20,26 @@ def test_encoder_returns_gem_encode_rows_in_input_order_with_duplicates():
         encoder = GEMEncoder(gem, name="test/tiny", pooling=pooling, template=template)
         expected = gem.encode(texts, pooling=pooling, template=template)
         np.testing.assert_allclose(encoder.encode(batches), expected, atol=1e-5)
+
+
+def test_encoder_embeds_each_text_once_across_calls():
+    gem = tiny_gem("llama")
+    encoder = GEMEncoder(gem, name="test/tiny", pooling="mean")
+    seen: list[list[str]] = []
+    original = gem.encode
+
+    def counting(texts, **kwargs):
+        seen.append(list(texts))
+        return original(texts, **kwargs)
+
+    gem.encode = counting
+    first = encoder.encode([{"text": ["a", "b", "a"]}])
+    second = encoder.encode([{"text": ["b", "c"]}])  # another task sharing a text
+    assert seen == [["a", "b"], ["c"]]
+    np.testing.assert_allclose(second[0], first[1])
+    np.testing.assert_allclose(second, original(["b", "c"], pooling="mean"), atol=1e-5)
+    GEMEncoder(gem, name="test/tiny", pooling="mean", cache=False).encode([{"text": ["a"]}])
+    assert seen[-1] == ["a"]
 
 
 def test_encoder_satisfies_mtebs_protocol():

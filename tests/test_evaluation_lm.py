@@ -6,9 +6,9 @@ import math
 
 import pytest
 import torch
-
 from conftest import SHARED_DATA, tiny_gem
-from gem_adapter.errors import GEMConfigError
+
+from gem_adapter.errors import GEMConfigError, GEMError
 from gem_adapter.evaluation import lm
 from gem_adapter.evaluation.tasks import MissingDataError
 
@@ -94,8 +94,69 @@ def test_accuracy_and_length_normalised_accuracy(monkeypatch):
     items = [("q", ["ab", "abcdefghij"], 1), ("q", ["ab", "abcdefghij"], 0)]
     result = lm._accuracy(items, None, 8, "test", False, "note")
     assert (result["acc"], result["acc_norm"], result["n"]) == (0.5, 0.5, 2)
+    assert result["correct"] == {"acc": [0, 1], "acc_norm": [1, 0]}
+    assert result["acc_se"] == result["acc_norm_se"] == pytest.approx(math.sqrt(0.25 / 2))
     items = [("q", ["ab", "abcdefghij"], 1)] * 3
     assert lm._accuracy(items, None, 8, "test", False, "")["acc_norm"] == 1.0
+
+
+def test_standard_errors_by_hand():
+    # binomial: 30 right of 100 -> sqrt(0.3 * 0.7 / 100)
+    assert lm.standard_error(0.3, 100) == pytest.approx(0.0458258, abs=1e-7)
+    assert lm.standard_error(1.0, 10) == 0.0
+    # paired: d = a - b = [0, 1, 0, -1, 1]; mean 0.2; mean of squares 0.6; variance 0.6 - 0.04 = 0.56
+    adapter, base = [1, 1, 0, 0, 1], [1, 0, 0, 1, 0]
+    paired = lm.paired_difference(adapter, base)
+    assert paired["difference"] == pytest.approx(0.2) and paired["n"] == 5
+    assert paired["se"] == pytest.approx(math.sqrt(0.56 / 5))
+    # against an all-wrong model it is the binomial error of the other
+    assert lm.paired_difference(adapter, [0] * 5)["se"] == pytest.approx(lm.standard_error(0.6, 5))
+    # the same answers on every item: no difference and no error, whatever the accuracy
+    assert lm.paired_difference(adapter, adapter) == {"difference": 0.0, "se": 0.0, "n": 5}
+    with pytest.raises(GEMError, match="equally long"):
+        lm.paired_difference([1, 0], [1])
+
+
+def test_mmlu_quotas_are_proportional_and_cover_every_subject():
+    assert lm.mmlu_quotas({"a": 10, "b": 30, "c": 60}, 10) == {"a": 1, "b": 3, "c": 6}
+    # largest remainders get the leftovers (ties alphabetical)
+    assert lm.mmlu_quotas({"a": 5, "b": 5, "c": 5}, 4) == {"a": 2, "b": 1, "c": 1}
+    assert lm.mmlu_quotas({"a": 10, "b": 25, "c": 65}, 10) == {"a": 1, "b": 3, "c": 6}
+    # a tiny subject still gets one question; the overshoot comes off the largest
+    assert lm.mmlu_quotas({"a": 1, "b": 1, "c": 98}, 5) == {"a": 1, "b": 1, "c": 3}
+    assert lm.mmlu_quotas({"a": 3, "b": 4}, 50) == {"a": 3, "b": 4}
+    with pytest.raises(GEMConfigError, match="cannot cover all 3 subjects"):
+        lm.mmlu_quotas({"a": 5, "b": 5, "c": 5}, 2)
+
+
+@needs_data
+def test_stratified_mmlu_sample_is_proportional_per_subject_and_seeded(monkeypatch):
+    asked: list[str] = []
+
+    def fake_scores(gem, items, **kwargs):
+        asked.extend(context for context, _ in items)
+        return [[0.0, -1.0, -1.0, -1.0] for _ in items]  # always answers A
+
+    monkeypatch.setattr(lm, "choice_loglikelihoods", fake_scores)
+    result = lm.evaluate_mmlu(None, SHARED_DATA, limit_total=1400, seed=0, show_progress=False)
+    first = list(asked)
+    sizes = {subject: len(lm._read_csv(SHARED_DATA / "mmlu" / "test" / f"{subject}_test.csv"))
+             for subject in lm.mmlu_subjects(SHARED_DATA)}
+    assert sum(sizes.values()) == 14042 and len(sizes) == 57
+    assert result["n"] == len(first) == 1400 and sum(result["quotas"].values()) == 1400
+    assert set(result["subjects"]) == set(sizes) and min(result["quotas"].values()) >= 1
+    for subject, quota in result["quotas"].items():  # proportional: within one question of its share
+        assert abs(quota - 1400 * sizes[subject] / 14042) < 1, subject
+    assert result["acc"] == pytest.approx(sum(result["subjects"][s] * q for s, q in result["quotas"].items()) / 1400)
+    assert result["acc_se"] == pytest.approx(math.sqrt(result["acc"] * (1 - result["acc"]) / 1400))
+    assert len(result["correct"]["acc"]) == 1400
+    assert "1,400 of 14,042 questions over 57 of 57 subjects, stratified by subject" in result["note"]
+    asked.clear()
+    lm.evaluate_mmlu(None, SHARED_DATA, limit_total=1400, seed=0, show_progress=False)
+    assert asked == first  # the same seed, the same questions in the same order
+    asked.clear()
+    lm.evaluate_mmlu(None, SHARED_DATA, limit_total=1400, seed=1, show_progress=False)
+    assert len(asked) == 1400 and asked != first
 
 
 @needs_data

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 from collections import Counter
 
+import numpy as np
 import pytest
-
 from conftest import SHARED_DATA
+
 from gem_adapter.errors import GEMConfigError, GEMError
-from gem_adapter.evaluation.tasks import MissingDataError, default_data_dir, load_task, resolve_data_dir
+from gem_adapter.evaluation import evaluate_mteb
+from gem_adapter.evaluation.tasks import (
+    MissingDataError,
+    default_data_dir,
+    load_task,
+    resolve_data_dir,
+)
 
 needs_data = pytest.mark.skipif(not (SHARED_DATA / "README.md").is_file(), reason=f"no evaluation data at {SHARED_DATA}")
 
@@ -38,7 +45,7 @@ def test_subsets_are_seeded_and_stated():
     first = load_task("STSBenchmark", SHARED_DATA, limit=50, seed=0)
     again = load_task("STSBenchmark", SHARED_DATA, limit=50, seed=0)
     other = load_task("STSBenchmark", SHARED_DATA, limit=50, seed=1)
-    rows = lambda loaded: loaded.task.dataset["default"]["test"]["sentence1"]  # noqa: E731
+    rows = lambda loaded: loaded.task.dataset["default"]["test"]["sentence1"]
     assert rows(first) == rows(again) != rows(other) and len(rows(first)) == 50
     assert first.note == "50 of 1,379 pairs (seeded random subset, seed 0)"
 
@@ -75,3 +82,70 @@ def test_data_dir_defaults_to_env_then_shared(monkeypatch, tmp_path):
     assert default_data_dir().parts[-2:] == ("shared", "data")
     with pytest.raises(GEMConfigError, match="unknown MTEB task 'STS12'; choose from STSBenchmark"):
         load_task("STS12", tmp_path)
+
+
+class ToyEncoder:
+    """An mteb encoder whose embedding of a text is ``embed(text)``: no model behind it."""
+
+    def __init__(self, embed, dim: int) -> None:
+        self.embed, self.dim, self._meta = embed, dim, None
+
+    @property
+    def mteb_model_meta(self):
+        from mteb.models.model_meta import ModelMeta, ScoringFunction
+
+        if self._meta is None:
+            self._meta = ModelMeta.create_empty(overwrites={
+                "name": "test/toy", "revision": "1", "similarity_fn_name": ScoringFunction.COSINE, "embed_dim": self.dim})
+        return self._meta
+
+    def encode(self, inputs, **kwargs):
+        return np.stack([self.embed(text) for batch in inputs for text in batch["text"]]).astype(np.float32)
+
+    def similarity(self, a, b):
+        from mteb.similarity_functions import cos_sim
+
+        return cos_sim(a, b)
+
+    def similarity_pairwise(self, a, b):
+        from mteb.similarity_functions import pairwise_cos_sim
+
+        return pairwise_cos_sim(a, b)
+
+
+@needs_data
+def test_banking77_clustering_is_mtebs_clustering_protocol_on_the_test_texts():
+    from mteb.abstasks.clustering import AbsTaskClustering
+
+    loaded = load_task("banking77clustering", SHARED_DATA)
+    task = loaded.task
+    assert loaded.name == "Banking77Clustering" and isinstance(task, AbsTaskClustering) and task.data_loaded
+    assert task.metadata.main_score == "v_measure" and task.metadata.type == "Clustering"
+    test = task.dataset["default"]["test"]
+    assert test.column_names == ["sentences", "labels"] and len(test) == 3080 and len(set(test["labels"])) == 77
+    # mteb's defaults: 10 k-means runs of 16,384 texts drawn with replacement; every text embedded
+    assert (task.n_clusters, task.max_documents_per_cluster, task.max_fraction_of_documents_to_embed) == (10, 16384, None)
+    assert loaded.note.startswith("all 3,080 test texts, 77 intents; 10 k-means run(s)")
+    quick = load_task("Banking77Clustering", SHARED_DATA, limit=308, n_experiments=3)
+    counts = Counter(quick.task.dataset["default"]["test"]["labels"])
+    assert set(counts.values()) == {4} and len(counts) == 77 and quick.task.n_clusters == 3
+    # the same seeded stratified draw as the classification subset, so its texts are a superset
+    classification = load_task("Banking77Classification", SHARED_DATA, limit=154, n_experiments=1)
+    assert set(classification.task.dataset["default"]["test"]["text"]) <= set(quick.task.dataset["default"]["test"]["sentences"])
+
+
+@needs_data
+def test_clustering_scores_a_separable_encoder_high_and_a_constant_encoder_zero():
+    loaded = load_task("Banking77Clustering", SHARED_DATA, limit=154, n_experiments=1)
+    test = loaded.task.dataset["default"]["test"]
+    label_of = dict(zip(test["sentences"], test["labels"]))
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(77, 16))
+    separable = ToyEncoder(lambda text: centres[label_of[text]] + 0.01 * rng.normal(size=16), 16)
+    constant = ToyEncoder(lambda text: np.ones(16), 16)
+    scores = {}
+    for name, encoder in (("separable", separable), ("constant", constant)):
+        result = evaluate_mteb(encoder, [loaded], show_progress=False).task_results[0]
+        scores[name] = 100 * result.get_score()
+        assert result.scores["test"][0]["main_score"] == result.scores["test"][0]["v_measure"]
+    assert scores["separable"] > 95 and scores["constant"] < 1

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.real_model
 
 @pytest.fixture(scope="module")
 def smollm():
-    return GEMModel.from_pretrained(DEFAULT_MODEL)
+    return GEMModel.from_pretrained(DEFAULT_MODEL, adapter=None)  # the bare base (untrained GEM token)
 
 
 def test_loads_offline_once_cached(smollm, monkeypatch):

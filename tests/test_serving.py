@@ -187,6 +187,20 @@ def test_embedding_extensions_and_token_ids(client, reference):
     assert cut.usage.prompt_tokens == 512
 
 
+def test_dimensions_cut_and_renormalise_like_encode(client, reference):
+    """OpenAI's ``dimensions``: the first d values of each vector, unit length again (Matryoshka)."""
+    gem = reference[BASE]
+    got = {}
+    for dimensions in (8, 32):
+        response = client.embeddings.create(model=BASE, input=TEXTS, dimensions=dimensions)
+        got[dimensions] = vectors_of(response)
+        assert got[dimensions].shape == (len(TEXTS), dimensions)
+        np.testing.assert_allclose(got[dimensions], gem.encode(TEXTS, dimensions=dimensions), atol=1e-5)
+        np.testing.assert_allclose(np.linalg.norm(got[dimensions], axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(got[32], gem.encode(TEXTS), atol=1e-5)
+    assert not np.allclose(got[8], got[32][:, :8], atol=1e-3)  # re-normalised, not just cut
+
+
 # ----------------------------------------------------------------------------- generation
 def test_chat_and_completions_greedy_equal_generate(client, reference):
     gem = reference[BASE]
@@ -370,7 +384,9 @@ def bad_requests(tmp_path: Path):
         ("body too large", "POST", "/v1/embeddings", {"content": big, "headers": {"content-type": "application/json"}}, 413, "request_too_large", "limit"),
         ("body too large, chunked", "POST", "/v1/embeddings", {"content": _chunked(big), "headers": {"content-type": "application/json"}}, 413, "request_too_large", "limit"),
         ("unknown model", "POST", "/v1/embeddings", {"json": {"model": "nope", "input": "a"}}, 404, "model_not_found", "nope"),
-        ("wrong dimensions", "POST", "/v1/embeddings", embed(input="a", dimensions=8), 400, None, "dimensions"),
+        ("dimensions over the hidden size", "POST", "/v1/embeddings", embed(input="a", dimensions=33), 400, None, "1..32"),
+        ("dimensions 0", "POST", "/v1/embeddings", embed(input="a", dimensions=0), 400, None, "dimensions = 0"),
+        ("dimensions not a number", "POST", "/v1/embeddings", embed(input="a", dimensions="x"), 400, None, "dimensions"),
         ("bad encoding format", "POST", "/v1/embeddings", embed(input="a", encoding_format="int8"), 400, None, "encoding_format"),
         ("instruction without type", "POST", "/v1/embeddings", embed(input="a", gem_instruction="x"), 400, None, "gem_input_type"),
         ("chat: unknown model", "POST", "/v1/chat/completions", {"json": {"model": "nope", "messages": [{"role": "user", "content": "a"}]}}, 404, "model_not_found", "nope"),

@@ -225,7 +225,9 @@ def test_cli_train_writes_adapter_log_and_curve(tmp_path, corpus):
     out = tmp_path / "cli-out"
     args = ["train", "--base", str(base), "--data", str(corpus), "--out", str(out),
             "--set", "max_steps=2", "--set", "per_device_train_batch_size=4", "--set", "eval_chunks=4",
-            "--set", "eval_strategy=no", "--set", "disable_tqdm=true", "--set", "min_chunk_tokens=16"]
+            "--set", "eval_strategy=no", "--set", "disable_tqdm=true", "--set", "min_chunk_tokens=16",
+            # the default recipe's pairs and Matryoshka sizes are for SmolLM2, not a 32-wide tiny model
+            "--set", "pairs_data=null", "--set", "matryoshka_dims=null"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert f"adapter written to {out}" in result.output

@@ -66,7 +66,7 @@ def main() -> None:
         results["wikitext_note"] = out["note"]
         return round(out["perplexity"], 3)
 
-    base = GEMModel.from_pretrained(args.base)
+    base = GEMModel.from_pretrained(args.base, adapter=None)
     baselines = {
         "mean": ("base, mean pooling", {"pooling": "mean"}),
         "last": ("base, last token", {"pooling": "last"}),

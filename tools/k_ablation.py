@@ -76,7 +76,7 @@ def main() -> None:
     results: dict = {"recipe": args.recipe, "overrides": overrides, "wikitext_tokens": args.wikitext_tokens, "rows": []}
     base_ppl = None
     if args.wikitext_tokens:
-        base = GEMModel.from_pretrained(load_recipe(args.recipe, overrides).base_model)
+        base = GEMModel.from_pretrained(load_recipe(args.recipe, overrides).base_model, adapter=None)
         base_ppl = evaluate_wikitext2(base, DATA, max_tokens=args.wikitext_tokens, show_progress=False)["perplexity"]
         results["base_wikitext2_ppl"] = round(base_ppl, 3)
         del base

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import functools
 import os
+from pathlib import Path
 
 import click
 
@@ -112,3 +113,25 @@ def dtype_option(command):
     """``--dtype auto|float32|bfloat16|float16`` (default auto), for the commands that load a model to run it."""
     return click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
                         show_default=True, help=DTYPE_HELP)(command)
+
+
+def adapter_options(command):
+    """``--adapter FOLDER`` and ``--no-adapter``; the command gets ``adapter`` resolved by ``chosen_adapter``."""
+    command = click.option("--no-adapter", is_flag=True,
+                           help="The bare base: its GEM token untrained (no adapter, not even the shipped one).")(command)
+    return click.option("--adapter", type=click.Path(path_type=Path), default=None,
+                        help="GEM adapter folder written by `gem train`  [default: the adapter shipped for the "
+                             "base alias smollm2-135m; none for other bases]")(command)
+
+
+def chosen_adapter(base, adapter: Path | None, no_adapter: bool) -> Path | None:
+    """The adapter a command uses: the one given, none with --no-adapter, else the shipped one (if any)."""
+    from ..hub import shipped_adapter
+
+    if adapter is not None and no_adapter:
+        raise click.UsageError("give --adapter or --no-adapter, not both")
+    if adapter is not None:
+        if not adapter.is_dir():
+            raise GEMError(f"adapter folder {adapter} does not exist; check the path")
+        return adapter
+    return None if no_adapter else shipped_adapter(base)

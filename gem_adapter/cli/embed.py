@@ -14,15 +14,14 @@ from .checks import (
     read_stdin_texts,
     write_npy_atomically,
 )
-from .common import dtype_option, library_errors, pick_alias, require
+from .common import adapter_options, chosen_adapter, dtype_option, library_errors, pick_alias, require
 
 __all__ = ["embed_command"]
 
 
 @click.command("embed")
 @click.option("--base", default=DEFAULT_MODEL, show_default=True, help="Model folder, .gguf file, hub id or alias.")
-@click.option("--adapter", type=click.Path(path_type=Path),
-              help="GEM adapter folder written by `gem train` (default: none; the base with an untrained GEM token).")
+@adapter_options
 @click.option("--input", "input_path", type=click.Path(path_type=Path),
               help="Texts: .txt (one per line; row i = line i+1), .jsonl (see --field), or - for stdin lines.")
 @click.option("--text", "inline_texts", multiple=True, help="A text to embed (repeatable), instead of --input.")
@@ -38,13 +37,16 @@ __all__ = ["embed_command"]
 @click.option("--pooling", type=click.Choice(["gem", "mean", "last"]), default=None,
               help="gem: the GEM tokens; mean / last: the plain decoder's baselines  [default: the adapter's, gem]")
 @click.option("--no-normalize", is_flag=True, help="Keep raw vectors instead of unit length.")
+@click.option("--dimensions", type=click.IntRange(min=1), default=None,
+              help="Keep the first N values of each vector, normalised again (Matryoshka; for adapters trained with "
+                   "matryoshka_dims)  [default: all]")
 @click.option("--load-in-4bit", is_flag=True, help="Quantise the base to NF4 with bitsandbytes.")
 @dtype_option
 @click.option("--allow-pickle", is_flag=True,
               help="Accept an adapter_model.bin pickle (only from a source you trust; unpickling runs code).")
 @library_errors
-def embed_command(base, adapter, input_path, inline_texts, out, output_alias, force, field, batch_size, max_length,
-                  pooling, no_normalize, load_in_4bit, dtype, allow_pickle) -> None:
+def embed_command(base, adapter, no_adapter, input_path, inline_texts, out, output_alias, force, field, batch_size, max_length,
+                  pooling, no_normalize, dimensions, load_in_4bit, dtype, allow_pickle) -> None:
     """Embed every text of a file into an (n, dim) float32 .npy array, in file order.
 
     A .txt file or stdin gives one text per line: only \\n and \\r\\n end a line, blank
@@ -55,6 +57,7 @@ def embed_command(base, adapter, input_path, inline_texts, out, output_alias, fo
       gem embed --input texts.txt --out emb.npy
       gem embed --input docs.jsonl --field body --out docs.npy --batch-size 64
       gem embed --text "A man is playing a guitar." --text "A person plays the guitar." --out two.npy
+      gem embed --adapter runs/mrl --input texts.txt --dimensions 128 --out small.npy
     """
     from ..model import GEMModel
 
@@ -68,15 +71,16 @@ def embed_command(base, adapter, input_path, inline_texts, out, output_alias, fo
         texts = read_stdin_texts(click.get_binary_stream("stdin").read())
     else:
         texts = read_input_texts(input_path, field)
-    if adapter is not None and not adapter.is_dir():
-        raise GEMError(f"adapter folder {adapter} does not exist; check the path")
+    adapter = chosen_adapter(base, adapter, no_adapter)
     check_output(out, folder=False, force=force)
 
     model = GEMModel.from_pretrained(base, adapter=adapter, load_in_4bit=load_in_4bit, allow_pickle=allow_pickle,
                                      dtype=dtype)
+    if dimensions is not None and dimensions > model.embedding_dim:
+        raise GEMError(f"--dimensions {dimensions} exceeds this model's embedding size {model.embedding_dim}")
     vectors = model.encode(
         texts, batch_size=batch_size, normalize=not no_normalize, max_length=max_length,
-        pooling=pooling, show_progress_bar=True,
+        pooling=pooling, show_progress_bar=True, dimensions=dimensions,
     )
     write_npy_atomically(vectors, out)
     click.echo(f"wrote {vectors.shape[0]} x {vectors.shape[1]} embeddings to {out}")

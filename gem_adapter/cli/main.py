@@ -18,6 +18,7 @@ from .common import DEBUG_ENV, library_errors
 from .embed import embed_command
 from .evaluate import eval_command
 from .export import export_command
+from .pairs import pairs_command
 from .serve import serve_command
 from .train import train_command
 
@@ -44,7 +45,7 @@ def info() -> None:
     """Print versions, bfloat16 support (what --dtype auto picks), the cache location and the default model."""
     import importlib.metadata as metadata
 
-    from ..hub import alias_status, cache_dir
+    from ..hub import alias_status, cache_dir, shipped_adapter
     from ..precision import describe
 
     click.echo(f"gem-adapter {__version__} (python {sys.version.split()[0]})")
@@ -59,6 +60,8 @@ def info() -> None:
         click.echo(describe("cuda").replace("bfloat16:", "bfloat16 on cuda:", 1))
     click.echo(f"cache: {cache_dir()}")
     click.echo(f"default model {alias_status(DEFAULT_MODEL)}")
+    shipped = shipped_adapter(DEFAULT_MODEL)
+    click.echo(f"shipped adapter: {shipped} (used unless --no-adapter)" if shipped else "shipped adapter: none")
 
 
 def torch_cuda_available() -> bool:
@@ -68,7 +71,7 @@ def torch_cuda_available() -> bool:
 
 
 for command in (embed_command, train_command, eval_command, merge_command, stack_command, swap_command,
-                inspect_command, export_command, serve_command):
+                inspect_command, export_command, serve_command, pairs_command):
     main.add_command(command)
 
 

@@ -89,7 +89,7 @@ def serve_command(base, adapters, model_name, host, port, api_key, allow_pickle,
         for name, path in adapters:
             if not Path(path).exists():
                 raise GEMError(f"adapter folder {path} (--adapter {name}=...) does not exist; check the path")
-        model = GEMModel.from_pretrained(base, load_in_4bit=load_in_4bit, dtype=dtype)
+        model = GEMModel.from_pretrained(base, adapter=None, load_in_4bit=load_in_4bit, dtype=dtype)
         for name, path in adapters:
             model.load_adapter(path, name, allow_pickle=allow_pickle)
         serve(model, host=host, port=port, model_name=model_name or base, api_key=api_key, allow_pickle=allow_pickle,

@@ -99,6 +99,9 @@ def train_command(recipe, overrides, data, base, out, output_alias, resume, forc
             raise GEMError(f"training data {corpus} does not exist; pass --data with a .txt, .jsonl, .zip or folder")
         for path in _jsonl_files(corpus):
             check_utf8_file(path, "training data")
+    if config.pairs_data and not Path(config.pairs_data).exists():
+        raise GEMError(f"pairs_data {config.pairs_data} does not exist; give a pairs .jsonl file (gem pairs writes one) "
+                       "or the shared data folder to build pairs from")
 
     folder = run_training(config, resume=resume, overwrite=force)
     click.echo(f"adapter written to {folder}  (use: gem embed --base {config.base_model} --adapter {folder} ...)")

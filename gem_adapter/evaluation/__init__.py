@@ -5,9 +5,9 @@ all-MiniLM-L6-v2; ``cli/evaluate.py`` is its ``gem eval`` command.
 
 | module | what it does |
 |---|---|
-| ``tasks`` | MTEB tasks (STS, classification, retrieval) with our offline copies injected |
+| ``tasks`` | MTEB tasks (STS, classification, clustering, retrieval) with our offline copies injected |
 | ``encoder`` | ``GEMEncoder``: a ``GEMModel`` behind mteb's encoder protocol; MiniLM reference |
-| ``lm`` | LM preservation: MMLU, ARC-Easy, HellaSwag, WikiText-2 perplexity |
+| ``lm`` | LM preservation: MMLU, ARC-Easy, HellaSwag, WikiText-2 perplexity; standard errors |
 | ``runner`` | ``run_evaluation``: suites, baselines, one output folder |
 | ``report`` | ``summary.json`` -> ``report.md`` and ``report.png`` | Heavy libraries (mteb,
 sentence-transformers, matplotlib) are imported only when a function needs them.
@@ -24,39 +24,52 @@ from .lm import (
     evaluate_mmlu,
     evaluate_wikitext2,
     loglikelihood,
+    mmlu_quotas,
+    paired_difference,
     perplexity,
     sliding_windows,
+    standard_error,
 )
 from .report import table_rows, write_report
 from .runner import ALL_TASKS, BASELINES, SUITES, Suite, evaluate_mteb, run_evaluation
-from .tasks import MTEB_TASKS, LoadedTask, MissingDataError, default_data_dir, load_task, resolve_data_dir
+from .tasks import (
+    MTEB_TASKS,
+    LoadedTask,
+    MissingDataError,
+    default_data_dir,
+    load_task,
+    resolve_data_dir,
+)
 
 __all__ = [
     "ALL_TASKS",
     "BASELINES",
-    "GEMEncoder",
     "LM_TASKS",
-    "LoadedTask",
     "MTEB_TASKS",
-    "MissingDataError",
     "PROMPTEOL_TEMPLATE",
     "SUITES",
+    "GEMEncoder",
+    "LoadedTask",
+    "MissingDataError",
     "Suite",
     "choice_loglikelihoods",
     "default_data_dir",
     "evaluate_arc_easy",
     "evaluate_hellaswag",
-    "evaluate_mteb",
     "evaluate_mmlu",
+    "evaluate_mteb",
     "evaluate_wikitext2",
     "load_minilm",
     "load_task",
     "loglikelihood",
     "minilm_path",
+    "mmlu_quotas",
+    "paired_difference",
     "perplexity",
     "resolve_data_dir",
     "run_evaluation",
     "sliding_windows",
+    "standard_error",
     "table_rows",
     "write_report",
 ]

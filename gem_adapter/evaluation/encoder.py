@@ -9,6 +9,7 @@ wrapper's, not the model's.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -19,13 +20,17 @@ from ..errors import GEMError
 
 PROMPTEOL_TEMPLATE = 'This sentence : "{text}" means in one word:"'
 MINILM_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+logger = logging.getLogger(__name__)
 
 
 class GEMEncoder:
     """A ``GEMModel`` seen by mteb as an encoder with fixed pooling, template and truncation.
 
     Texts are deduplicated within each ``encode`` call (mteb does not), embedded with
-    ``GEMModel.encode`` (L2-normalised) and compared by cosine similarity.
+    ``GEMModel.encode`` (L2-normalised) and compared by cosine similarity. With ``cache``
+    (the default) each text is embedded once per wrapper, across calls and tasks: the
+    Banking77 classification and clustering tasks share their test texts. The wrapper's
+    pooling, template and truncation are fixed, so a text's embedding does not change.
     """
 
     def __init__(
@@ -39,6 +44,7 @@ class GEMEncoder:
         batch_size: int | None = None,
         revision: str | None = None,
         show_progress_bar: bool = True,
+        cache: bool = True,
     ) -> None:
         self.model = gem_model
         self.name = name
@@ -49,6 +55,7 @@ class GEMEncoder:
         self.revision = revision or "local"
         self.show_progress_bar = show_progress_bar
         self._meta = None
+        self._cache: dict[str, np.ndarray] | None = {} if cache else None
 
     @property
     def mteb_model_meta(self):
@@ -57,18 +64,18 @@ class GEMEncoder:
             from mteb.models.model_meta import ModelMeta, ScoringFunction
 
             self._meta = ModelMeta.create_empty(
-                overwrites=dict(
-                    name=self.name,
-                    revision=self.revision,
-                    similarity_fn_name=ScoringFunction.COSINE,
-                    embed_dim=int(self.model.embedding_dim),
-                    n_parameters=int(sum(p.numel() for p in self.model.model.parameters())),
-                    max_tokens=self.max_length or self.model.config.max_length,
-                    framework=["PyTorch"],
-                    open_weights=True,
-                    use_instructions=False,
-                    languages=["eng-Latn"],
-                )
+                overwrites={
+                    "name": self.name,
+                    "revision": self.revision,
+                    "similarity_fn_name": ScoringFunction.COSINE,
+                    "embed_dim": int(self.model.embedding_dim),
+                    "n_parameters": int(sum(p.numel() for p in self.model.model.parameters())),
+                    "max_tokens": self.max_length or self.model.config.max_length,
+                    "framework": ["PyTorch"],
+                    "open_weights": True,
+                    "use_instructions": False,
+                    "languages": ["eng-Latn"],
+                }
             )
         return self._meta
 
@@ -76,21 +83,26 @@ class GEMEncoder:
                prompt_type=None, **kwargs: Any) -> np.ndarray:
         """Embed every text of an mteb dataloader (batches with a ``text`` column)."""
         texts = texts_from_dataloader(inputs)
-        unique = list(dict.fromkeys(texts))
-        batch_size = self.batch_size or int(kwargs.get("batch_size") or 32)
-        vectors = self.model.encode(
-            unique,
-            batch_size=batch_size,
-            normalize=True,
-            pooling=self.pooling,
-            template=self.template,
-            max_length=self.max_length,
-            show_progress_bar=self.show_progress_bar and len(unique) >= 64,
-        )
-        position = {text: index for index, text in enumerate(unique)}
         if not texts:
             return np.zeros((0, self.model.embedding_dim), dtype=np.float32)
-        return np.asarray(vectors)[[position[text] for text in texts]]
+        known = self._cache if self._cache is not None else {}
+        unique = [text for text in dict.fromkeys(texts) if text not in known]
+        batch_size = self.batch_size or int(kwargs.get("batch_size") or 32)
+        new: dict[str, np.ndarray] = {}
+        if unique:
+            vectors = np.asarray(self.model.encode(
+                unique,
+                batch_size=batch_size,
+                normalize=True,
+                pooling=self.pooling,
+                template=self.template,
+                max_length=self.max_length,
+                show_progress_bar=self.show_progress_bar and len(unique) >= 64,
+            ))
+            new = dict(zip(unique, vectors))
+            if self._cache is not None:
+                self._cache.update(new)
+        return np.stack([new[text] if text in new else known[text] for text in texts])
 
     def similarity(self, embeddings1, embeddings2):
         """Cosine similarity matrix (mteb's implementation)."""
@@ -140,7 +152,9 @@ def load_minilm(max_seq_length: int | None = None, device: str | None = None):
     """all-MiniLM-L6-v2 wrapped for mteb, offline, with mteb's published metadata for it."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import mteb
-    from mteb.models.sentence_transformer_wrapper import SentenceTransformerEncoderWrapper
+    from mteb.models.sentence_transformer_wrapper import (
+        SentenceTransformerEncoderWrapper,
+    )
     from sentence_transformers import SentenceTransformer
 
     model = SentenceTransformer(str(minilm_path()), device=device or "cpu")
@@ -149,6 +163,6 @@ def load_minilm(max_seq_length: int | None = None, device: str | None = None):
     wrapper = SentenceTransformerEncoderWrapper(model)
     try:
         wrapper.mteb_model_meta = mteb.get_model_meta(MINILM_NAME)
-    except Exception:  # metadata is cosmetic; the wrapper's own meta still works
-        pass
+    except (LookupError, ValueError) as error:  # cosmetic: the wrapper's own meta still works
+        logger.debug("no mteb metadata for %s (%s); using the wrapper's own", MINILM_NAME, error)
     return wrapper

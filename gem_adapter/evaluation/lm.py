@@ -8,12 +8,19 @@ log-softmax in which the GEM tokens are excluded (they are suppressed in generat
   and continuation are tokenised separately, the tokeniser's leading special tokens (BOS)
   are put before the context, and a too-long context loses its start.
 - MMLU: k-shot (default 5) with the original prompt format, choices " A".." D"; the k-shot
-  block is shared per subject and run once (its key/value cache is reused).
+  block is shared per subject and run once (its key/value cache is reused). A sample of the
+  test set is either up to ``limit_per_subject`` per subject or ``limit_total`` stratified
+  by subject (proportional quotas, at least one per subject, seeded).
 - ARC-Easy, HellaSwag: accuracy of the most likely choice, raw (``acc``) and length
   normalised (``acc_norm``: log-likelihood divided by the choice's length in characters).
 - WikiText-2: perplexity with a sliding window of ``max_length`` tokens moved by
   ``stride``; every token after the first is scored once, with at least
   ``max_length - stride`` tokens of context where the text allows.
+
+Every accuracy comes with its binomial standard error ``sqrt(p (1 - p) / n)`` and the
+per-item outcomes (``correct``: metric -> list of 0/1 in item order), so that two decoders
+scored on the same items can be compared with the paired standard error of their
+difference (``paired_difference``).
 """
 
 from __future__ import annotations
@@ -240,16 +247,45 @@ def _sample(count: int, limit: int | None, seed: int) -> list[int]:
     return sorted(random.Random(seed).sample(range(count), limit))
 
 
+def standard_error(p: float, n: int) -> float:
+    """Binomial standard error of an accuracy ``p`` over ``n`` items: ``sqrt(p (1 - p) / n)``."""
+    if n <= 0:
+        raise GEMError("a standard error needs at least one item")
+    return math.sqrt(max(p * (1.0 - p), 0.0) / n)
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
+    """Mean of ``a - b`` over the same items and its paired standard error.
+
+    ``a`` and ``b`` are per-item outcomes (0/1 for accuracies) of two models on the same
+    items in the same order. ``se = sqrt(mean((d - mean d)^2) / n)`` with ``d = a - b``: the
+    binomial formula's population variance, applied to the differences (when ``b`` is all
+    zeros it is ``sqrt(p (1 - p) / n)``). Items both models get right or both get wrong add
+    nothing to it, which is why it is smaller than the two separate errors combined.
+    """
+    if len(a) != len(b) or not a:
+        raise GEMError(f"a paired difference needs two equally long, non-empty outcome lists ({len(a)} vs {len(b)})")
+    d = [float(x) - float(y) for x, y in zip(a, b)]
+    mean = sum(d) / len(d)
+    variance = sum((x - mean) ** 2 for x in d) / len(d)
+    return {"difference": mean, "se": math.sqrt(variance / len(d)), "n": len(d)}
+
+
 def _accuracy(items: list[tuple[str, list[str], int]], gem, batch_size: int, desc: str, show_progress: bool,
               note: str) -> dict[str, Any]:
     scores = choice_loglikelihoods(gem, [(c, [" " + x for x in xs]) for c, xs, _ in items],
                                    batch_size=batch_size, desc=desc, show_progress=show_progress)
-    raw = norm = 0
+    raw: list[int] = []
+    norm: list[int] = []
     for (_, choices, gold), row in zip(items, scores):
-        raw += int(max(range(len(row)), key=row.__getitem__) == gold)
+        raw.append(int(max(range(len(row)), key=row.__getitem__) == gold))
         normalised = [s / max(len(choice), 1) for s, choice in zip(row, choices)]
-        norm += int(max(range(len(row)), key=normalised.__getitem__) == gold)
-    return {"acc": raw / len(items), "acc_norm": norm / len(items), "n": len(items), "note": note}
+        norm.append(int(max(range(len(row)), key=normalised.__getitem__) == gold))
+    n = len(items)
+    acc, acc_norm = sum(raw) / n, sum(norm) / n
+    return {"acc": acc, "acc_se": standard_error(acc, n), "acc_norm": acc_norm,
+            "acc_norm_se": standard_error(acc_norm, n), "n": n, "note": note,
+            "correct": {"acc": raw, "acc_norm": norm}}
 
 
 def evaluate_arc_easy(gem, data_dir=None, *, limit: int | None = None, seed: int = 0, batch_size: int = 8,
@@ -291,9 +327,45 @@ def _mmlu_block(row: dict[str, str], answer: str | None) -> str:
     return text + "\nAnswer:" + (f" {answer}\n\n" if answer is not None else "")
 
 
+def mmlu_quotas(sizes: dict[str, int], total: int) -> dict[str, int]:
+    """Questions per subject for a stratified sample of ``total`` out of ``sizes`` (subject -> count).
+
+    Proportional allocation with the largest-remainder method: each subject gets
+    ``total * size / sum(sizes)`` rounded down, at least 1 and at most its size, and the
+    questions left go one each to the largest remainders (ties: alphabetical). Every
+    subject is represented, so ``total`` must be at least the number of subjects.
+    """
+    population = sum(sizes.values())
+    if total >= population:
+        return dict(sizes)
+    if total < len(sizes):
+        raise GEMConfigError(f"a stratified MMLU sample of {total} cannot cover all {len(sizes)} subjects; "
+                             f"ask for at least {len(sizes)} questions")
+    exact = {subject: total * size / population for subject, size in sizes.items()}
+    quotas = {subject: min(max(math.floor(value), 1), sizes[subject]) for subject, value in exact.items()}
+    while sum(quotas.values()) > total:  # the minimum of 1 overshot: take from the most over-served
+        subject = max((s for s in quotas if quotas[s] > 1), key=lambda s: (quotas[s] - exact[s], s))
+        quotas[subject] -= 1
+    for subject in sorted(sizes, key=lambda s: (-(exact[s] - quotas[s]), s)):
+        if sum(quotas.values()) >= total:
+            break
+        if quotas[subject] < sizes[subject]:
+            quotas[subject] += 1
+    return quotas
+
+
 def evaluate_mmlu(gem, data_dir=None, *, subjects: Sequence[str] | None = None, limit_per_subject: int | None = None,
-                  num_shots: int = 5, seed: int = 0, batch_size: int = 8, show_progress: bool = True) -> dict[str, Any]:
-    """MMLU test, k-shot from the dev split, log-likelihood of ' A'..' D'; micro and macro accuracy."""
+                  limit_total: int | None = None, num_shots: int = 5, seed: int = 0, batch_size: int = 8,
+                  show_progress: bool = True) -> dict[str, Any]:
+    """MMLU test, k-shot from the dev split, log-likelihood of ' A'..' D'; micro and macro accuracy.
+
+    ``limit_total``: a stratified sample of that many test questions over the chosen
+    subjects (``mmlu_quotas``: proportional, every subject at least once); each subject's
+    questions are a seeded random sample (``seed``). ``limit_per_subject`` instead caps each
+    subject at that many. The accuracy's standard error is the binomial one over the sample.
+    """
+    if limit_total is not None and limit_per_subject is not None:
+        raise GEMConfigError("give MMLU either limit_total or limit_per_subject, not both")
     directory = resolve_data_dir(data_dir)
     available = mmlu_subjects(directory)
     chosen = list(subjects) if subjects is not None else available
@@ -302,26 +374,41 @@ def evaluate_mmlu(gem, data_dir=None, *, subjects: Sequence[str] | None = None, 
         raise GEMConfigError(f"unknown MMLU subject(s) {unknown}; available: {', '.join(available)}")
     if not 0 <= num_shots <= 5:
         raise GEMConfigError(f"MMLU num_shots must be 0-5 (the dev split has 5 per subject), got {num_shots}")
+    files = {subject: require_files("MMLU", directory, (f"mmlu/dev/{subject}_dev.csv", f"mmlu/test/{subject}_test.csv"))
+             for subject in chosen}
+    tests = {subject: _read_csv(files[subject][1]) for subject in chosen}
+    population = sum(len(rows) for rows in tests.values())
+    if limit_total is not None:
+        quotas = mmlu_quotas({subject: len(rows) for subject, rows in tests.items()}, int(limit_total))
+    else:
+        quotas = {subject: (len(rows) if limit_per_subject is None else min(limit_per_subject, len(rows)))
+                  for subject, rows in tests.items()}
     per_subject: dict[str, float] = {}
-    correct = total = 0
+    outcomes: list[int] = []
     from tqdm.auto import tqdm
 
     for subject in tqdm(chosen, desc="MMLU subjects", unit="subject", disable=not show_progress):
-        dev_path, test_path = require_files("MMLU", directory, (f"mmlu/dev/{subject}_dev.csv", f"mmlu/test/{subject}_test.csv"))
-        dev, test = _read_csv(dev_path), _read_csv(test_path)
+        dev, test = _read_csv(files[subject][0]), tests[subject]
         header = f"The following are multiple choice questions (with answers) about {subject.replace('_', ' ')}.\n\n"
         prefix = header + "".join(_mmlu_block(row, MMLU_LETTERS[int(row["answer"])]) for row in dev[:num_shots])
-        rows = [test[i] for i in _sample(len(test), limit_per_subject, seed)]
+        rows = [test[i] for i in _sample(len(test), quotas[subject], seed)]
         scores = choice_loglikelihoods(gem, [(_mmlu_block(row, None), [f" {x}" for x in MMLU_LETTERS]) for row in rows],
                                        prefix=prefix, batch_size=batch_size)
-        hits = sum(int(max(range(4), key=s.__getitem__) == int(row["answer"])) for s, row in zip(scores, rows))
-        per_subject[subject] = hits / len(rows)
-        correct, total = correct + hits, total + len(rows)
-    note = (f"{total:,} questions over {len(chosen)} of {len(available)} subjects"
-            + (f", up to {limit_per_subject} per subject (seed {seed})" if limit_per_subject else "")
-            + f", {num_shots}-shot")
-    return {"acc": correct / total, "acc_macro": sum(per_subject.values()) / len(per_subject), "n": total,
-            "subjects": per_subject, "note": note}
+        hits = [int(max(range(4), key=s.__getitem__) == int(row["answer"])) for s, row in zip(scores, rows)]
+        per_subject[subject] = sum(hits) / len(rows)
+        outcomes += hits
+    total = len(outcomes)
+    if limit_total is not None and total < population:
+        note = (f"{total:,} of {population:,} questions over {len(chosen)} of {len(available)} subjects, stratified "
+                f"by subject (proportional quotas {min(quotas.values())}-{max(quotas.values())} per subject, "
+                f"seed {seed})")
+    else:
+        note = (f"{total:,} questions over {len(chosen)} of {len(available)} subjects"
+                + (f", up to {limit_per_subject} per subject (seed {seed})" if limit_per_subject else ""))
+    note += f", {num_shots}-shot"
+    acc = sum(outcomes) / total
+    return {"acc": acc, "acc_se": standard_error(acc, total), "acc_macro": sum(per_subject.values()) / len(per_subject),
+            "n": total, "subjects": per_subject, "quotas": quotas, "note": note, "correct": {"acc": outcomes}}
 
 
 def evaluate_wikitext2(gem, data_dir=None, *, max_length: int = 512, stride: int = 256, max_tokens: int | None = None,
@@ -354,5 +441,6 @@ def canonical_lm_task(name: str) -> str:
 
 __all__ = [
     "LM_TASKS", "canonical_lm_task", "choice_loglikelihoods", "evaluate_arc_easy", "evaluate_hellaswag",
-    "evaluate_mmlu", "evaluate_wikitext2", "loglikelihood", "mmlu_subjects", "perplexity", "sliding_windows",
+    "evaluate_mmlu", "evaluate_wikitext2", "loglikelihood", "mmlu_quotas", "mmlu_subjects", "paired_difference",
+    "perplexity", "sliding_windows", "standard_error",
 ]

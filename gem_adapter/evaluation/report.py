@@ -2,7 +2,10 @@
 
 Both are built from the summary dict that ``runner.run_evaluation`` returns and writes as
 ``summary.json``: rows are models, columns are the MTEB tasks' main scores (x100), their
-average, and the language-model metrics beside them.
+average, and the language-model metrics beside them, accuracies as ``value ± standard error``.
+Tasks whose train split the adapter's recipe used are marked in-domain (``*``) and the
+table then has a held-out average beside the all-task one. A last row gives GEM minus
+PromptEOL per column (LM columns: adapter minus base decoder, paired standard error).
 """
 
 from __future__ import annotations
@@ -16,12 +19,14 @@ MTEB_COLUMNS: dict[str, str] = {
     "STSBenchmark": "STSB",
     "SICK-R": "SICK-R",
     "Banking77Classification": "Banking77",
+    "Banking77Clustering": "B77 clust",
     "SciFact": "SciFact",
 }
 MTEB_METRICS: dict[str, str] = {
     "STSBenchmark": "cosine Spearman",
     "SICK-R": "cosine Spearman",
     "Banking77Classification": "accuracy",
+    "Banking77Clustering": "V-measure",
     "SciFact": "nDCG@10",
 }
 # LM accuracies shown (task, metric) and WikiText-2 perplexity
@@ -32,14 +37,22 @@ LM_ACCURACY_COLUMNS: dict[str, tuple[str, str]] = {
 }
 
 
+def split_averages(summary: dict[str, Any]) -> bool:
+    """Whether the table shows a held-out and an all-task average (the adapter recorded
+    ``train_splits_used``) rather than one average."""
+    return summary.get("train_splits_used") is not None
+
+
 def table_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """Header and rows (strings) of the report table."""
+    """Header and rows (strings) of the report table, the GEM − PromptEOL row last if both ran."""
     mteb_tasks = [t for t in MTEB_COLUMNS if t in summary.get("mteb_tasks", [])]
     lm_tasks = [t for t in LM_ACCURACY_COLUMNS if t in summary.get("lm_tasks", [])]
     has_ppl = "WikiText-2" in summary.get("lm_tasks", [])
-    header = ["Model"] + [MTEB_COLUMNS[t] for t in mteb_tasks]
+    in_domain = set(summary.get("in_domain_tasks") or [])
+    split = split_averages(summary)
+    header = ["Model"] + [MTEB_COLUMNS[t] + ("*" if t in in_domain else "") for t in mteb_tasks]
     if mteb_tasks:
-        header.append("MTEB avg")
+        header += ["held-out avg", "all avg"] if split else ["MTEB avg"]
     header += [LM_ACCURACY_COLUMNS[t][0] for t in lm_tasks]
     if lm_tasks:
         header.append("LM avg")
@@ -50,15 +63,53 @@ def table_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         scores = row.get("mteb", {})
         cells = [row["display"]] + [_fmt(scores.get(t)) for t in mteb_tasks]
         if mteb_tasks:
+            if split:
+                cells.append(_fmt(row.get("mteb_average_held_out")))
             cells.append(_fmt(row.get("mteb_average")))
         lm = row.get("lm") or {}
-        cells += [_fmt(_percent(lm.get(t, {}).get(LM_ACCURACY_COLUMNS[t][1]))) for t in lm_tasks]
+        for task in lm_tasks:
+            metric = LM_ACCURACY_COLUMNS[task][1]
+            values = lm.get(task, {})
+            cells.append(_fmt_se(_percent(values.get(metric)), _percent(values.get(f"{metric}_se"))))
         if lm_tasks:
             cells.append(_fmt(_percent(row.get("lm_average"))))
         if has_ppl:
             cells.append(_fmt(lm.get("WikiText-2", {}).get("perplexity"), digits=2))
         rows.append(cells)
+    difference = gem_minus_prompteol(summary)
+    if difference is not None:
+        cells = [difference["label"]] + [_signed(difference["mteb"].get(t)) for t in mteb_tasks]
+        if mteb_tasks:
+            if split:
+                cells.append(_signed(difference.get("mteb_average_held_out")))
+            cells.append(_signed(difference.get("mteb_average")))
+        lm_difference = summary.get("lm_difference") or {}
+        for task in lm_tasks:
+            change = lm_difference.get(task)
+            cells.append(_signed_se(_percent(change["difference"]), _percent(change["se"])) if change else "–")
+        if lm_tasks:
+            changes = [lm_difference[t]["difference"] for t in lm_tasks if t in lm_difference]
+            cells.append(_signed(_percent(sum(changes) / len(changes))) if len(changes) == len(lm_tasks) else "–")
+        if has_ppl:
+            change = lm_difference.get("WikiText-2")
+            cells.append(_signed(change["difference"], digits=2) if change else "–")
+        rows.append(cells)
     return header, rows
+
+
+def gem_minus_prompteol(summary: dict[str, Any]) -> dict[str, Any] | None:
+    """Per MTEB task (and the averages): the GEM row's score minus the PromptEOL row's; None
+    unless both rows have scores."""
+    by_id = {row.get("id"): row for row in summary["models"]}
+    gem, prompteol = by_id.get("gem"), by_id.get("prompteol")
+    if not gem or not prompteol or not gem.get("mteb") or not prompteol.get("mteb"):
+        return None
+    mteb = {task: gem["mteb"][task] - prompteol["mteb"][task] for task in gem["mteb"] if task in prompteol["mteb"]}
+    result: dict[str, Any] = {"label": "GEM − PromptEOL", "mteb": mteb}
+    for key in ("mteb_average", "mteb_average_held_out"):
+        if gem.get(key) is not None and prompteol.get(key) is not None:
+            result[key] = gem[key] - prompteol[key]
+    return result
 
 
 def render_markdown(summary: dict[str, Any]) -> str:
@@ -76,16 +127,50 @@ def render_markdown(summary: dict[str, Any]) -> str:
         "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|",
     ]
     lines += ["| " + " | ".join(cells) + " |" for cells in rows]
+    mteb_tasks = [t for t in MTEB_COLUMNS if t in summary.get("mteb_tasks", [])]
+    in_domain = [t for t in mteb_tasks if t in set(summary.get("in_domain_tasks") or [])]
+    held_out = [t for t in mteb_tasks if t not in in_domain]
+    average = ". MTEB avg: mean of the MTEB columns." if mteb_tasks else ""
+    if mteb_tasks and split_averages(summary):
+        average = (f". held-out avg: mean over the {len(held_out)} task(s) whose train split the adapter's recipe "
+                   f"did not use ({', '.join(MTEB_COLUMNS[t] for t in held_out) or 'none'}); all avg: mean over all "
+                   f"{len(mteb_tasks)}.")
     lines += ["", "Scores are x100. " + "; ".join(
         f"{MTEB_COLUMNS[t]}: {MTEB_METRICS[t]}" for t in MTEB_COLUMNS if t in summary.get("mteb_tasks", []))
-        + (". MTEB avg: mean of the MTEB columns." if summary.get("mteb_tasks") else "")]
+        + average]
+    if split_averages(summary):
+        used = ", ".join(summary.get("train_splits_used") or []) or "none"
+        lines.append(f"Columns marked * are in-domain: the adapter's recipe trained on the task's train split (the "
+                     f"adapter's train_summary.json, train_splits_used: {used}); the scores are still on the test split.")
     if summary.get("lm_tasks"):
-        lines += ["MMLU: accuracy of the most likely of ' A'..' D'; ARC-E and HellaSwag: length-normalised "
-                  "accuracy (log-likelihood / characters of the choice); LM avg: mean of those accuracies; "
-                  "WikiText-2: sliding-window perplexity (lower is better). GEM tokens are excluded from the "
-                  "log-softmax, as they are from generation."]
+        lines.append("MMLU: accuracy of the most likely of ' A'..' D'; ARC-E and HellaSwag: length-normalised "
+                     "accuracy (log-likelihood / characters of the choice); ± is the binomial standard error "
+                     "sqrt(p(1-p)/n); LM avg: mean of those accuracies; "
+                     "WikiText-2: sliding-window perplexity (lower is better). GEM tokens are excluded from the "
+                     "log-softmax, as they are from generation.")
         lines += [f"The LM columns of {', '.join(group)} are one measurement of one decoder."
                   for group in summary.get("lm_shared_rows", [])]
+    difference = gem_minus_prompteol(summary)
+    if difference is not None:
+        columns = [t for t in mteb_tasks if t in difference["mteb"]]
+        above = [MTEB_COLUMNS[t] for t in columns if difference["mteb"][t] > 0]
+        below = [MTEB_COLUMNS[t] for t in columns if difference["mteb"][t] <= 0]
+        text = (f"GEM − PromptEOL: the GEM row minus the PromptEOL row, per task; GEM is above PromptEOL on "
+                f"{len(above)} of {len(columns)} task(s)" + (f" (not on {', '.join(below)})" if below else "") + ".")
+        if summary.get("lm_difference"):
+            text += (" In the LM columns it is the adapter minus the base decoder (PromptEOL's LM columns) "
+                     "on the same items, ± the paired standard error.")
+        lines += [text]
+    if summary.get("lm_difference"):
+        lines += ["", "## Language model: adapter minus base decoder", ""]
+        for task, change in summary["lm_difference"].items():
+            if task == "WikiText-2":
+                lines.append(f"- {task}: perplexity {change['gem']:.2f} vs {change['base']:.2f} "
+                             f"({_signed(100.0 * change['relative'])}%)")
+            else:
+                lines.append(f"- {task} ({change['metric']}): {100 * change['gem']:.1f} vs {100 * change['base']:.1f}, "
+                             f"difference {_signed_se(100 * change['difference'], 100 * change['se'])} "
+                             f"(paired standard error over the same {change['n']:,} items)")
     lines += ["", "## What was evaluated", ""]
     lines += [f"- {name}: {note}" for name, note in summary.get("notes", {}).items()]
     lines += ["", "## Models", ""]
@@ -120,8 +205,11 @@ def plot_summary(summary: dict[str, Any], path: str | Path) -> None:
     lm_tasks = [t for t in LM_ACCURACY_COLUMNS if t in summary.get("lm_tasks", [])]
     panels = []
     if mteb_tasks:
-        groups = [MTEB_COLUMNS[t] for t in mteb_tasks] + ["MTEB avg"]
-        bars = {row["display"]: [row.get("mteb", {}).get(t) for t in mteb_tasks] + [row.get("mteb_average")]
+        in_domain = set(summary.get("in_domain_tasks") or [])
+        groups = [MTEB_COLUMNS[t] + ("*" if t in in_domain else "") for t in mteb_tasks]
+        averages = ["mteb_average_held_out", "mteb_average"] if split_averages(summary) else ["mteb_average"]
+        groups += ["held-out avg", "all avg"] if split_averages(summary) else ["MTEB avg"]
+        bars = {row["display"]: [row.get("mteb", {}).get(t) for t in mteb_tasks] + [row.get(k) for k in averages]
                 for row in summary["models"] if row.get("mteb")}
         panels.append(("Embedding tasks (x100)", groups, bars))
     if lm_tasks:
@@ -165,7 +253,30 @@ def _percent(value: float | None) -> float | None:
     return None if value is None else 100.0 * value
 
 
+def _missing(value: float | None) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
 def _fmt(value: float | None, digits: int = 1) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if _missing(value):
         return "–"
     return f"{value:.{digits}f}"
+
+
+def _fmt_se(value: float | None, se: float | None, digits: int = 1) -> str:
+    """``value ± se`` (just the value when there is no standard error)."""
+    if _missing(value) or _missing(se):
+        return _fmt(value, digits)
+    return f"{value:.{digits}f} ± {se:.{digits}f}"
+
+
+def _signed(value: float | None, digits: int = 1) -> str:
+    if _missing(value):
+        return "–"
+    return f"{value:+.{digits}f}"
+
+
+def _signed_se(value: float | None, se: float | None, digits: int = 1) -> str:
+    if _missing(value) or _missing(se):
+        return _signed(value, digits)
+    return f"{value:+.{digits}f} ± {se:.{digits}f}"

@@ -6,8 +6,15 @@ the base with an untrained GEM token), and all-MiniLM-L6-v2 as the reference emb
 Columns: the MTEB tasks (scored by ``mteb.evaluate`` on our offline copies, see ``tasks``)
 and the language-model metrics of each decoder (see ``lm``).
 
-Output folder: ``results/<row>.json`` (mteb's ``ModelResult``), ``results/lm-<decoder>.json``,
-``summary.json`` (everything, also returned), ``report.md`` and ``report.png``.
+Output folder: ``results/<row>.json`` (mteb's ``ModelResult``), ``results/lm-<decoder>.json``
+(with every item's outcome), ``summary.json`` (everything but the per-item outcomes, also
+returned), ``report.md`` and ``report.png``.
+
+Accuracies carry their binomial standard errors; with an adapter, ``summary["lm_difference"]``
+holds adapter-minus-base per LM task with the paired standard error over the same items.
+If the adapter folder's ``train_summary.json`` names ``train_splits_used`` (MTEB tasks whose
+train split the recipe trained on), those tasks are in-domain: ``summary["in_domain_tasks"]``,
+and every row gets ``mteb_average_held_out`` (the other tasks) beside ``mteb_average`` (all).
 """
 
 from __future__ import annotations
@@ -26,7 +33,14 @@ from ..errors import GEMConfigError, GEMError
 from . import lm as lm_metrics
 from .encoder import PROMPTEOL_TEMPLATE
 from .lm import LM_TASKS, canonical_lm_task
-from .tasks import MTEB_TASKS, TASK_FILES, canonical_task_name, load_task, require_files, resolve_data_dir
+from .tasks import (
+    MTEB_TASKS,
+    TASK_FILES,
+    canonical_task_name,
+    load_task,
+    require_files,
+    resolve_data_dir,
+)
 
 BASELINES: tuple[str, ...] = ("mean", "last", "prompteol", "minilm")
 ALL_TASKS: tuple[str, ...] = MTEB_TASKS + LM_TASKS
@@ -45,27 +59,32 @@ class Suite:
     sts_pairs: int | None = None
     banking_test: int | None = None
     banking_experiments: int | None = None
+    clustering_texts: int | None = None
+    clustering_runs: int | None = None
     scifact_queries: int | None = None
     scifact_corpus: int | None = None
     embed_max_tokens: int | None = None
     mmlu_subject_step: int = 1
     mmlu_subjects: int | None = None
     mmlu_per_subject: int | None = None
+    mmlu_total: int | None = None
     arc: int | None = None
     hellaswag: int | None = None
     wikitext_tokens: int | None = None
     window: int = 512
     stride: int = 256
 
-    def capped(self, limit: int) -> "Suite":
+    def capped(self, limit: int) -> Suite:
         """This suite with every item count at most ``limit`` (for smoke tests)."""
         def cap(value: int | None) -> int:
             return limit if value is None else min(value, limit)
 
         return replace(self, sts_pairs=cap(self.sts_pairs), banking_test=cap(self.banking_test),
-                       banking_experiments=1, scifact_queries=cap(self.scifact_queries),
+                       banking_experiments=1, clustering_texts=cap(self.clustering_texts), clustering_runs=1,
+                       scifact_queries=cap(self.scifact_queries),
                        scifact_corpus=cap(self.scifact_corpus) * 4, mmlu_subjects=cap(self.mmlu_subjects),
-                       mmlu_per_subject=cap(self.mmlu_per_subject), arc=cap(self.arc), hellaswag=cap(self.hellaswag),
+                       mmlu_per_subject=cap(self.mmlu_per_subject), mmlu_total=None, arc=cap(self.arc),
+                       hellaswag=cap(self.hellaswag),
                        wikitext_tokens=min(self.wikitext_tokens or 10**9, 32 * limit),
                        window=min(self.window, 64), stride=min(self.stride, 32))
 
@@ -73,11 +92,18 @@ class Suite:
 SUITES: dict[str, Suite] = {
     # sized for <= 15 minutes with smollm2-135m on this project's 2-core CPU machine: with a
     # trained adapter (5 embedding rows, LM metrics for base and adapter) it took 14 min 9 s
-    # wall on 2 free cores, process start included; without an adapter the LM metrics run once
-    "quick": Suite("quick", sts_pairs=200, banking_test=154, banking_experiments=1, scifact_queries=25,
-                   scifact_corpus=80, embed_max_tokens=128, mmlu_subject_step=6, mmlu_per_subject=6,
-                   arc=100, hellaswag=40, wikitext_tokens=2048),
-    "full": Suite("full"),
+    # wall on 2 free cores, process start included, before Banking77Clustering was added;
+    # its 308 texts include Banking77Classification's 154 (same seeded stratified draw), which
+    # each encoder embeds once, so it adds 154 short texts and 3 k-means runs per row
+    # (estimated 15-20 s a row, ~1.5 min in all); without an adapter the LM metrics run once
+    "quick": Suite("quick", sts_pairs=200, banking_test=154, banking_experiments=1, clustering_texts=308,
+                   clustering_runs=3, scifact_queries=25, scifact_corpus=80, embed_max_tokens=128,
+                   mmlu_subject_step=6, mmlu_per_subject=6, arc=100, hellaswag=40, wikitext_tokens=2048),
+    # every embedding task whole, as MTEB scores it; the LM metrics sized so that a real change
+    # shows: MMLU 1,400 of 14,042 test questions stratified by subject (binomial standard
+    # error <= 1.3 points), HellaSwag 1,000 of 10,042 validation items, all 2,376 ARC-Easy
+    # test questions and the whole WikiText-2 test file (README: time estimate)
+    "full": Suite("full", mmlu_total=1400, hellaswag=1000),
 }
 
 
@@ -113,6 +139,7 @@ def run_evaluation(
     rows = canonical_baselines(baselines)
     directory = resolve_data_dir(data_dir)
     check_data(mteb_tasks, lm_tasks, directory)
+    used = train_splits_used(adapter)
     out = prepare_out_dir(out_dir, overwrite)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -125,7 +152,7 @@ def run_evaluation(
 
     from ..model import GEMModel
 
-    base_model = GEMModel.from_pretrained(base, dtype=dtype)
+    base_model = GEMModel.from_pretrained(base, adapter=None, dtype=dtype)
     gem_model = (GEMModel.from_pretrained(base, adapter, allow_pickle=allow_pickle, dtype=dtype) if adapter is not None
                  else base_model)
     base_name = _short(base)
@@ -144,12 +171,13 @@ def run_evaluation(
             result.to_disk(path)
             row["results_file"] = str(path.relative_to(out))
             row["mteb"] = {tr.task_name: 100.0 * float(tr.get_score()) for tr in result.task_results}
-            row["mteb_average"] = sum(row["mteb"].values()) / len(row["mteb"])
+            row.update(mteb_averages(row["mteb"], used))
         row["seconds"] = time.monotonic() - tick
         summary_rows.append(row)
 
     shared: list[list[str]] = []
     lm_seconds: dict[str, float] = {}
+    lm_difference: dict[str, Any] = {}
     if lm_tasks:
         decoders = {"base": base_model, "gem": gem_model}
         measured: dict[int, tuple[str, dict[str, Any]]] = {}  # one measurement per distinct decoder object
@@ -167,16 +195,22 @@ def run_evaluation(
                 shared.append([r["display"] for r in group])
         for row in summary_rows:
             if row["lm_key"] and id(decoders[row["lm_key"]]) in measured:
-                row["lm_source"], row["lm"] = measured[id(decoders[row["lm_key"]])]
+                row["lm_source"], full = measured[id(decoders[row["lm_key"]])]
+                row["lm"] = {task: {k: v for k, v in values.items() if k != "correct"} for task, values in full.items()}
                 accuracies = [row["lm"][t][lm_metrics_key(t)] for t in ("MMLU", "ARC-Easy", "HellaSwag") if t in row["lm"]]
                 row["lm_average"] = sum(accuracies) / len(accuracies) if accuracies else None
         for task in lm_tasks:
             notes[task] = next(iter(measured.values()))[1][task]["note"]
+        if len(measured) == 2:
+            by_key = {key: result for key, result in measured.values()}
+            lm_difference = lm_differences(by_key["gem"], by_key["base"])
     summary = {
         "base": str(base), "adapter": str(adapter) if adapter is not None else None, "suite": suite,
         "limit": limit, "seed": seed, "data_dir": str(directory), "mteb_tasks": list(mteb_tasks),
         "lm_tasks": list(lm_tasks), "models": summary_rows, "notes": notes, "lm_shared_rows": shared,
-        "lm_seconds": lm_seconds, "dtype": str(base_model.model.dtype).removeprefix("torch."),
+        "lm_seconds": lm_seconds, "lm_difference": lm_difference,
+        "train_splits_used": used, "in_domain_tasks": [t for t in mteb_tasks if used is not None and t in used],
+        "dtype": str(base_model.model.dtype).removeprefix("torch."),
         "versions": _versions(), "wall_time_s": 0.0,
         "finished": datetime.datetime.now().isoformat(timespec="seconds"),
     }
@@ -187,6 +221,62 @@ def run_evaluation(
     summary["wall_time_s"] = time.monotonic() - started
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
     return summary
+
+
+def mteb_averages(scores: dict[str, float], used: Sequence[str] | None) -> dict[str, float | None]:
+    """``mteb_average`` over all tasks; with ``used`` (the tasks whose train split the recipe
+    used) also ``mteb_average_held_out`` over the others (None when every task is in-domain)."""
+    averages: dict[str, float | None] = {"mteb_average": sum(scores.values()) / len(scores)}
+    if used is not None:
+        held_out = [score for task, score in scores.items() if task not in set(used)]
+        averages["mteb_average_held_out"] = sum(held_out) / len(held_out) if held_out else None
+    return averages
+
+
+def lm_differences(gem: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    """Adapter minus base per LM task: accuracies with the paired standard error over the same
+    items (``lm.paired_difference``), perplexity as a plain and a relative difference."""
+    differences: dict[str, Any] = {}
+    for task, mine_all in gem.items():
+        if task not in base:
+            continue
+        if task == "WikiText-2":
+            a, b = mine_all["perplexity"], base[task]["perplexity"]
+            differences[task] = {"metric": "perplexity", "gem": a, "base": b, "difference": a - b,
+                                 "relative": a / b - 1.0}
+            continue
+        metric = lm_metrics_key(task)
+        mine, theirs = mine_all.get("correct", {}).get(metric), base[task].get("correct", {}).get(metric)
+        if mine is None or theirs is None or len(mine) != len(theirs):
+            continue
+        paired = lm_metrics.paired_difference(mine, theirs)
+        differences[task] = {"metric": metric, "gem": mine_all[metric], "base": base[task][metric], **paired}
+    return differences
+
+
+def train_splits_used(adapter: str | os.PathLike | None) -> list[str] | None:
+    """MTEB tasks whose train split the adapter's recipe used (``train_summary.json``'s
+    ``train_splits_used``, names made canonical where we know them); None when not recorded."""
+    if adapter is None:
+        return None
+    path = Path(adapter) / "train_summary.json"
+    if not path.is_file():
+        return None
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8")).get("train_splits_used")
+    except (OSError, ValueError, AttributeError) as error:
+        raise GEMError(f"{path} is not a readable JSON object ({error}); fix or remove it") from None
+    if recorded is None:
+        return None
+    if not isinstance(recorded, list) or not all(isinstance(name, str) for name in recorded):
+        raise GEMError(f"{path}: train_splits_used must be a list of MTEB task names, got {recorded!r}")
+    names = []
+    for name in recorded:
+        try:
+            names.append(canonical_task_name(name))
+        except GEMConfigError:
+            names.append(name)  # a task this harness does not run: kept, matches no column
+    return names
 
 
 def lm_metrics_key(task: str) -> str:
@@ -263,6 +353,7 @@ def run_lm_tasks(gem, lm_tasks: Sequence[str], directory: Path, plan: Suite, *, 
                 subjects = subjects[: plan.mmlu_subjects]
             results[task] = lm_metrics.evaluate_mmlu(gem, directory, subjects=subjects, seed=seed,
                                                      limit_per_subject=plan.mmlu_per_subject,
+                                                     limit_total=plan.mmlu_total,
                                                      batch_size=batch_size, show_progress=show_progress)
             if plan.mmlu_subject_step > 1:
                 results[task]["note"] += f" (every {_ordinal(plan.mmlu_subject_step)} subject in alphabetical order)"
@@ -283,6 +374,8 @@ def _task_limits(name: str, plan: Suite) -> dict[str, Any]:
         return {"limit": plan.sts_pairs}
     if name == "Banking77Classification":
         return {"limit": plan.banking_test, "n_experiments": plan.banking_experiments}
+    if name == "Banking77Clustering":
+        return {"limit": plan.clustering_texts, "n_experiments": plan.clustering_runs}
     return {"limit": plan.scifact_queries, "corpus_limit": plan.scifact_corpus}
 
 

@@ -3,6 +3,9 @@
 ``load_task("STSBenchmark")`` returns ``mteb.get_task("STSBenchmark")`` with ``task.dataset``
 filled from ``<data dir>/sts/stsbenchmark/sts-test.csv`` and ``task.data_loaded = True``, so
 ``mteb.evaluate`` scores it with mteb's own evaluators and never touches the network.
+Banking77Clustering is not in mteb's registry: it is mteb's ``AbsTaskClustering`` (the
+"fast" clustering protocol of the ``.v2`` clustering tasks) over the Banking77 test texts
+and their 77 intents, built here with its own ``TaskMetadata``.
 Optional subsampling (deterministic, seeded) keeps quick runs quick; every loaded task
 carries a one-line ``note`` saying what it holds, for the report.
 
@@ -22,7 +25,7 @@ from typing import Any
 
 from ..errors import GEMConfigError, GEMError
 
-MTEB_TASKS: tuple[str, ...] = ("STSBenchmark", "SICK-R", "Banking77Classification", "SciFact")
+MTEB_TASKS: tuple[str, ...] = ("STSBenchmark", "SICK-R", "Banking77Classification", "Banking77Clustering", "SciFact")
 
 # Files each task reads, relative to the data directory.
 TASK_FILES: dict[str, tuple[str, ...]] = {
@@ -33,6 +36,7 @@ TASK_FILES: dict[str, tuple[str, ...]] = {
         "classification/banking77/test.csv",
         "classification/banking77/categories.json",
     ),
+    "Banking77Clustering": ("classification/banking77/test.csv", "classification/banking77/categories.json"),
     "SciFact": ("retrieval/scifact/corpus.jsonl", "retrieval/scifact/queries_test.jsonl", "retrieval/scifact/qrels_test.tsv"),
 }
 
@@ -100,16 +104,29 @@ def load_task(
 ) -> LoadedTask:
     """Build mteb's task ``name`` from the offline files, optionally subsampled.
 
-    ``limit`` caps pairs (STS), test texts (Banking77, stratified by label) or queries
-    (SciFact); ``corpus_limit`` caps SciFact's corpus (every relevant document of the kept
-    queries stays, the rest are seeded random distractors); ``n_experiments`` overrides
-    Banking77's number of few-shot classifier runs (MTEB: 10). Subsets are seeded by ``seed``.
+    ``limit`` caps pairs (STS), test texts (Banking77 classification and clustering,
+    stratified by label) or queries (SciFact); ``corpus_limit`` caps SciFact's corpus (every
+    relevant document of the kept queries stays, the rest are seeded random distractors);
+    ``n_experiments`` overrides Banking77Classification's number of few-shot classifier runs
+    (MTEB: 10) or Banking77Clustering's number of k-means runs (MTEB: 10). Subsets are
+    seeded by ``seed``.
     """
     name = canonical_task_name(name)
     directory = resolve_data_dir(data_dir)
     paths = require_files(name, directory)
     import mteb
 
+    if name == "Banking77Clustering":
+        task = banking77_clustering_task()
+        dataset, note = _banking77_clustering_dataset(paths, limit, seed)
+        if n_experiments is not None:
+            task.n_clusters = int(n_experiments)
+        intents = len(set(dataset["test"]["labels"]))
+        note += (f"; {task.n_clusters} k-means run(s) (MiniBatchKMeans, k = {intents}), each on "
+                 f"{task.max_documents_per_cluster:,} texts drawn with replacement; V-measure averaged")
+        task.dataset = {"default": dataset}
+        task.data_loaded = True
+        return LoadedTask(name=name, task=task, note=note)
     task = mteb.get_task(name, eval_splits=["test"])
     if name in ("STSBenchmark", "SICK-R"):
         dataset, note = _sts_dataset(name, paths, limit, seed)
@@ -151,43 +168,114 @@ def _sts_dataset(name: str, paths: list[Path], limit: int | None, seed: int):
     return DatasetDict({"test": Dataset.from_list([rows[i] for i in keep])}), note
 
 
+def _read_banking77(path: Path, categories_path: Path) -> list[dict[str, Any]]:
+    """Rows ``{"text", "label"}`` of a Banking77 CSV, labels indexed as in ``categories.json``."""
+    categories = json.loads(categories_path.read_text(encoding="utf-8"))
+    label_of = {category: index for index, category in enumerate(categories)}
+    with path.open(encoding="utf-8", newline="") as handle:
+        rows = []
+        for number, record in enumerate(csv.DictReader(handle), 2):
+            if record["category"] not in label_of:
+                raise GEMError(f"{path}:{number}: category {record['category']!r} is not in {categories_path}")
+            rows.append({"text": record["text"], "label": label_of[record["category"]]})
+        return rows
+
+
+def _stratified(labels: list[int], limit: int | None, seed: int) -> list[int]:
+    """Sorted indices of a seeded subset of ``limit`` items, dealt round-robin over the labels
+    (so every label keeps the same count, give or take one); all when no limit."""
+    if limit is None or limit >= len(labels):
+        return list(range(len(labels)))
+    by_label: dict[int, list[int]] = defaultdict(list)
+    for index, label in enumerate(labels):
+        by_label[label].append(index)
+    rng = random.Random(seed)
+    for indices in by_label.values():
+        rng.shuffle(indices)
+    chosen: list[int] = []
+    depth = 0
+    while len(chosen) < limit:
+        for label in sorted(by_label):
+            if depth < len(by_label[label]) and len(chosen) < limit:
+                chosen.append(by_label[label][depth])
+        depth += 1
+    return sorted(chosen)
+
+
 def _banking77_dataset(paths: list[Path], limit: int | None, seed: int):
     from datasets import Dataset, DatasetDict
 
     train_path, test_path, categories_path = paths
-    categories = json.loads(categories_path.read_text(encoding="utf-8"))
-    label_of = {category: index for index, category in enumerate(categories)}
-
-    def read(path: Path) -> list[dict[str, Any]]:
-        with path.open(encoding="utf-8", newline="") as handle:
-            rows = []
-            for number, record in enumerate(csv.DictReader(handle), 2):
-                if record["category"] not in label_of:
-                    raise GEMError(f"{path}:{number}: category {record['category']!r} is not in {categories_path}")
-                rows.append({"text": record["text"], "label": label_of[record["category"]]})
-            return rows
-
-    train, test = read(train_path), read(test_path)
-    kept = test
-    if limit is not None and limit < len(test):
-        by_label: dict[int, list[int]] = defaultdict(list)
-        for index, row in enumerate(test):
-            by_label[row["label"]].append(index)
-        rng = random.Random(seed)
-        for indices in by_label.values():
-            rng.shuffle(indices)
-        # round-robin over labels so the subset stays stratified
-        chosen: list[int] = []
-        depth = 0
-        while len(chosen) < limit:
-            for label in sorted(by_label):
-                if depth < len(by_label[label]) and len(chosen) < limit:
-                    chosen.append(by_label[label][depth])
-            depth += 1
-        kept = [test[i] for i in sorted(chosen)]
+    train, test = _read_banking77(train_path, categories_path), _read_banking77(test_path, categories_path)
+    kept = [test[i] for i in _stratified([row["label"] for row in test], limit, seed)]
     note = _count_note(len(kept), len(test), "test texts", seed, "stratified by label")
     dataset = DatasetDict({"train": Dataset.from_list(train), "test": Dataset.from_list(kept)})
     return dataset, note
+
+
+def _banking77_clustering_dataset(paths: list[Path], limit: int | None, seed: int):
+    """The test texts (column ``sentences``) and their intents (``labels``), as mteb's fast
+    clustering tasks hold them."""
+    from datasets import Dataset, DatasetDict
+
+    test_path, categories_path = paths
+    test = _read_banking77(test_path, categories_path)
+    kept = [test[i] for i in _stratified([row["label"] for row in test], limit, seed)]
+    note = _count_note(len(kept), len(test), "test texts", seed, "stratified by label")
+    note += f", {len({row['label'] for row in kept})} intents"
+    dataset = DatasetDict({"test": Dataset.from_dict({"sentences": [row["text"] for row in kept],
+                                                      "labels": [row["label"] for row in kept]})})
+    return dataset, note
+
+
+_CLUSTERING_CLASS: type | None = None
+
+
+def banking77_clustering_task():
+    """A fresh ``Banking77Clustering`` task: mteb's ``AbsTaskClustering`` with our metadata.
+
+    mteb has no Banking77 clustering task; this one follows its clustering protocol as its
+    own ``.v2`` clustering tasks do (``AbsTaskClustering`` defaults: 10 MiniBatchKMeans runs
+    with k = the number of true labels, each on 16,384 texts drawn with replacement from the
+    embedded ones, main score the mean V-measure), embedding every loaded text
+    (``max_fraction_of_documents_to_embed = None``, as RedditClustering.v2 does after its
+    own subsampling). Metadata (dataset, licence, citation) are Banking77Classification's.
+    """
+    global _CLUSTERING_CLASS
+    if _CLUSTERING_CLASS is None:
+        import mteb
+        from mteb.abstasks.clustering import AbsTaskClustering
+        from mteb.abstasks.task_metadata import TaskMetadata
+
+        source = mteb.get_task("Banking77Classification").metadata
+
+        class Banking77Clustering(AbsTaskClustering):
+            metadata = TaskMetadata(
+                name="Banking77Clustering",
+                description="Clustering of online banking queries (Banking77 test split) by their 77 intents.",
+                reference=source.reference,
+                dataset=dict(source.dataset),
+                type="Clustering",
+                category="t2c",
+                modalities=["text"],
+                eval_splits=["test"],
+                eval_langs=["eng-Latn"],
+                main_score="v_measure",
+                date=source.date,
+                domains=list(source.domains or []),
+                task_subtypes=[],
+                license=source.license,
+                annotations_creators=source.annotations_creators,
+                dialect=[],
+                sample_creation="found",
+                bibtex_citation=source.bibtex_citation,
+                prompt="Identify the intent of the online banking query",
+                adapted_from=["Banking77Classification"],
+            )
+            max_fraction_of_documents_to_embed = None
+
+        _CLUSTERING_CLASS = Banking77Clustering
+    return _CLUSTERING_CLASS()
 
 
 def _scifact_dataset(paths: list[Path], limit: int | None, corpus_limit: int | None, seed: int):

@@ -20,8 +20,9 @@ Behaviour worth knowing (limits are ``ServingSettings`` fields, defaults in brac
   ``GEMConfig.max_length``]; template, instruction and GEM tokens come on top. Longer inputs
   are a 400 naming the count and the limit, unless ``truncate`` [False] or the request's
   ``gem_truncate: true`` cuts them to the limit (``usage`` counts what was embedded).
-* ``dimensions``: accepted only when equal to the hidden size; GEM embeddings are not trained
-  to be cut, so any other value is a 400. ``encoding_format: base64`` is little-endian float32.
+* ``dimensions`` (1 to the hidden size; else a 400): the first values of each vector,
+  re-normalised, as ``encode(dimensions=)``; meant for adapters trained with ``matryoshka_dims``
+  (their ``gem_config.json`` lists the sizes). ``encoding_format: base64`` is little-endian float32.
 * Extensions (OpenAI client: ``extra_body``): ``gem_input_type`` ``"query"`` or ``"document"``
   embeds with ``encode_query`` / ``encode_document``; ``gem_instruction`` is their instruction;
   ``gem_truncate`` as above.

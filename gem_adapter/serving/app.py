@@ -111,11 +111,12 @@ def create_app(model, *, model_name: str, api_key: str | None = None, allow_pick
     async def embeddings(body: EmbeddingRequest) -> Response:
         """Embed ``input``; extension fields ``gem_input_type`` ("query" / "document", for
         ``encode_query`` / ``encode_document``), ``gem_instruction`` (their task instruction) and
-        ``gem_truncate`` (cut texts over the token limit instead of a 400)."""
+        ``gem_truncate`` (cut texts over the token limit instead of a 400). ``dimensions`` keeps
+        the first values of each vector, re-normalised (Matryoshka; ``encode(dimensions=)``)."""
         worker.adapters_for(body.model)  # 404 before any work
-        if body.dimensions is not None and body.dimensions != hidden_size:
-            raise APIError(400, f"dimensions = {body.dimensions}: this model's embeddings have {hidden_size} "
-                                "dimensions and are not trained to be cut; leave dimensions out", param="dimensions")
+        if body.dimensions is not None and not 1 <= body.dimensions <= hidden_size:
+            raise APIError(400, f"dimensions = {body.dimensions}: must lie in 1..{hidden_size}, the size of this "
+                                "model's embeddings", param="dimensions")
         if body.gem_instruction and body.gem_input_type is None:
             raise APIError(400, "gem_instruction needs gem_input_type ('query' or 'document')", param="gem_instruction")
         truncate = config.truncate if body.gem_truncate is None else body.gem_truncate
@@ -123,6 +124,9 @@ def create_app(model, *, model_name: str, api_key: str | None = None, allow_pick
         n_gem = len(model.gem_token_ids)
         job = EmbeddingJob(texts, [c + n_gem for c in counts], body.model, body.gem_input_type, body.gem_instruction)
         vectors = await asyncio.wrap_future(worker.submit_embedding(job))
+        if body.dimensions is not None and body.dimensions < vectors.shape[1]:
+            vectors = vectors[:, : body.dimensions]  # unit vectors cut, then made unit length again
+            vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         metrics.tokens.labels("prompt").inc(sum(counts))
         if body.encoding_format == "base64":
             encode = lambda v: base64.b64encode(np.asarray(v, dtype="<f4").tobytes()).decode("ascii")

@@ -3,6 +3,7 @@
 | module | what it does |
 |---|---|
 | ``data`` | read corpora (.txt, .jsonl, NLTK .zip, saved datasets), sentence/paragraph chunks |
+| ``pairs`` | supervised pairs: the JSONL format, its reader, a builder from benchmark train splits |
 | ``collator`` | chunks -> GEM samples (random split, labels on the suffix) and plain samples, contrastive views |
 | ``trainer`` | ``GEMTrainingConfig`` (extends TRL's ``SFTConfig``) and ``GEMTrainer``: the loss under the GEM mask |
 | ``recipes`` | YAML recipes -> validated ``GEMTrainingConfig``; ``--set key=value`` overrides |
@@ -19,6 +20,8 @@ from typing import Any
 
 from .collator import IGNORE_INDEX, GEMCollator
 from .data import jsonl_texts, make_chunks, read_jsonl, read_texts, split_sentences, train_eval_split
+from .pairs import SOURCES as PAIR_SOURCES
+from .pairs import build_pairs, count_by_source, load_pairs, read_pairs, train_splits_used, write_pairs
 from .recipes import RECIPE_DIR, load_recipe, parse_overrides
 
 _LAZY = {
@@ -29,19 +32,26 @@ _LAZY = {
 
 __all__ = [
     "IGNORE_INDEX",
+    "PAIR_SOURCES",
     "RECIPE_DIR",
     "GEMCollator",
     "GEMTrainer",
     "GEMTrainingConfig",
+    "build_pairs",
+    "count_by_source",
     "jsonl_texts",
+    "load_pairs",
     "load_recipe",
     "make_chunks",
     "parse_overrides",
     "read_jsonl",
+    "read_pairs",
     "read_texts",
     "split_sentences",
     "train",
     "train_eval_split",
+    "train_splits_used",
+    "write_pairs",
 ]
 
 

@@ -8,6 +8,14 @@ sample** with ordinary next-token labels on every token ("mixed NTP"). With
 text twice, told apart by dropout alone (``"dropout"``), wrapped in the embedding template's token ids when one is set, exactly as
 ``GEMModel.encode`` wraps texts.
 
+With ``pairs`` (supervised pairs as token ids, see ``pairs.py``) and ``pairs_per_batch > 0``,
+every batch also carries that many pairs drawn without replacement, in the same embedding
+form as the views: ``pair_anchor_*``, ``pair_positive_*``, ``pair_negative_*`` (the hard
+negatives of the drawn pairs that have one) and ``pair_mask``, True where a column must not
+count as a negative for a row (same text as the row's positive, or the same ``group``:
+anchor text or label). The draw is a function of (seed, epoch, the batch's example
+indices), so each data-parallel process draws its own pairs and a resumed run the same ones.
+
 Randomness is a pure function of (seed, epoch, example index), never of a running RNG, so
 a run resumed from a checkpoint draws exactly what the uninterrupted run drew.
 
@@ -55,6 +63,8 @@ class GEMCollator:
     min_crop_fraction: float = 0.6
     view_head_ids: list[int] = field(default_factory=list)
     view_tail_ids: list[int] = field(default_factory=list)
+    pairs: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    pairs_per_batch: int = 0
     epoch: int = field(default=0, repr=False)
 
     def __post_init__(self) -> None:
@@ -62,6 +72,8 @@ class GEMCollator:
             raise ValueError(f"gem_fraction must lie in [0, 1], got {self.gem_fraction}")
         if self.view_mode not in VIEW_MODES:
             raise ValueError(f"view_mode {self.view_mode!r} is not one of {VIEW_MODES}")
+        if self.pairs_per_batch < 0:
+            raise ValueError(f"pairs_per_batch must be >= 0, got {self.pairs_per_batch}")
 
     def rng_for(self, index: int) -> random.Random:
         # Seeding random.Random with a str is deterministic across processes (sha512 based).
@@ -98,7 +110,42 @@ class GEMCollator:
             for name, views in (("view_a", views_a), ("view_b", views_b)):
                 ids, segs = pad_batch([v[0] for v in views], [v[1] for v in views], self.pad_token_id)
                 batch[f"{name}_input_ids"], batch[f"{name}_segment_ids"] = ids, segs
+        if self.pairs and self.pairs_per_batch > 0:
+            indices = [int(example.get("index", position)) for position, example in enumerate(examples)]
+            batch.update(self.pair_views(indices))
         return batch
+
+    def pairs_rng(self, indices: list[int]) -> random.Random:
+        return random.Random(f"gem-pairs/{self.seed}/{self.epoch}/{','.join(map(str, indices))}")
+
+    def pair_views(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        """The pairs drawn for the batch of examples ``indices``, as embedding rows and a mask."""
+        rng = self.pairs_rng(indices)
+        drawn = [self.pairs[i] for i in rng.sample(range(len(self.pairs)), min(self.pairs_per_batch, len(self.pairs)))]
+        negatives = [p["negative"] for p in drawn if p.get("negative")]
+        columns = [list(p["positive"]) for p in drawn] + [list(n) for n in negatives]
+        mask = torch.zeros(len(drawn), len(columns), dtype=torch.bool)
+        for row, pair in enumerate(drawn):
+            for column, ids in enumerate(columns):
+                if column == row:
+                    continue
+                group = pair.get("group")
+                same_group = column < len(drawn) and group is not None and drawn[column].get("group") == group
+                mask[row, column] = same_group or ids == list(pair["positive"])
+        batch = {"pair_mask": mask}
+        rows = {"anchor": [p["anchor"] for p in drawn], "positive": [p["positive"] for p in drawn], "negative": negatives}
+        for name, texts in rows.items():
+            if texts:
+                views = [self._embedding_row(ids) for ids in texts]
+                ids, segs = pad_batch([v[0] for v in views], [v[1] for v in views], self.pad_token_id)
+                batch[f"pair_{name}_input_ids"], batch[f"pair_{name}_segment_ids"] = ids, segs
+        return batch
+
+    def _embedding_row(self, ids: list[int]) -> tuple[list[int], list[int]]:
+        """``head, text, tail, GEM...`` with the text cut so the template's tail always fits."""
+        room = self.max_length - len(self.gem_token_ids) - len(self.view_head_ids) - len(self.view_tail_ids)
+        text = self.view_head_ids + list(ids)[: max(room, 1)] + self.view_tail_ids
+        return embedding_ids(text, self.gem_token_ids, self.max_length)
 
     def _view(self, ids: list[int], rng: random.Random) -> list[int]:
         if self.view_mode == "dropout" or len(ids) < 4:

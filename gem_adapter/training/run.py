@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from ..errors import GEMError
+from .pairs import count_by_source, train_splits_used
 from .recipes import RESOLVED_NAME, save_resolved
 from .trainer import (
     LOSS_LOG,
@@ -65,6 +66,48 @@ def load_chunks(config: GEMTrainingConfig, tokenizer) -> tuple[list[list[int]], 
             f"fewer than eval_chunks + one batch ({needed}); add text or lower min_chunk_tokens / eval_chunks"
         )
     return train_eval_split(chunks, config.eval_chunks, config.seed, config.max_train_chunks)
+
+
+def load_training_pairs(config: GEMTrainingConfig) -> list[dict[str, str]]:
+    """The supervised pairs of ``pairs_data`` (a file, or a data folder built in memory); [] when off."""
+    from .pairs import load_pairs
+
+    if not config.pairs_data or config.pairs_weight == 0:
+        return []
+    pairs = load_pairs(config.pairs_data, seed=config.seed, sources=config.pairs_sources)
+    if len(pairs) < 2:
+        raise GEMError(f"pairs_data {config.pairs_data} holds {len(pairs)} pair; in-batch negatives need at least 2")
+    return pairs
+
+
+def tokenize_pairs(pairs: list[dict[str, str]], tokenizer, max_tokens: int) -> list[dict]:
+    """Pairs as token ids (texts cut at ``max_tokens``) with a ``group``: the label, else the anchor."""
+    def encode(texts: list[str]) -> list[list[int]]:
+        return [ids[:max_tokens] for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
+
+    anchors = encode([p["anchor"] for p in pairs])
+    positives = encode([p["positive"] for p in pairs])
+    negatives = iter(encode([p["negative"] for p in pairs if p.get("negative")]))
+    return [
+        {"anchor": anchor, "positive": positive, "negative": next(negatives) if pair.get("negative") else None,
+         "group": f"label:{pair['label']}" if pair.get("label") else f"anchor:{pair['anchor']}"}
+        for pair, anchor, positive in zip(pairs, anchors, positives)
+    ]
+
+
+def check_matryoshka_fits(config: GEMTrainingConfig, base_path: str) -> None:
+    """``matryoshka_dims`` against the base's hidden size, read from its config before any weight loads."""
+    if not config.matryoshka_dims:
+        return
+    from transformers import AutoConfig
+
+    from ..config import check_matryoshka_dims
+    from ..errors import GEMConfigError
+
+    try:
+        check_matryoshka_dims(config.matryoshka_dims, getattr(AutoConfig.from_pretrained(base_path), "hidden_size", None))
+    except ValueError as exc:
+        raise GEMConfigError(str(exc)) from None
 
 
 def build_peft_model(config: GEMTrainingConfig):
@@ -148,12 +191,16 @@ def train(
     else:  # another process of `accelerate launch`: the main one checks and clears the folder
         found = complete_checkpoints(output_dir) if resume else []
         checkpoint = found[-1] if found else None
-    tokenizer = AutoTokenizer.from_pretrained(resolve_base(config.base_model))
+    base_path = resolve_base(config.base_model)
+    check_matryoshka_fits(config, base_path)
+    tokenizer = AutoTokenizer.from_pretrained(base_path)
     train_chunks, eval_chunks = load_chunks(config, tokenizer)
+    pairs = load_training_pairs(config)
+    pair_ids = tokenize_pairs(pairs, tokenizer, config.max_chunk_tokens)
     started = time.time()
 
     gem = build_peft_model(config)
-    collator = make_collator(config, gem)
+    collator = make_collator(config, gem, pair_ids)
     as_dataset = lambda chunks: Dataset.from_dict({"input_ids": chunks, "index": list(range(len(chunks)))})  # noqa: E731
     trainer = GEMTrainer(
         model=gem.model,
@@ -195,6 +242,8 @@ def train(
         "train_tokens_seen": tokens_seen,
         "tokens_per_second": round(tokens_seen / max(result.metrics.get("train_runtime", elapsed), 1e-9), 1),
         "resumed_from": str(checkpoint) if checkpoint else None,
+        "train_splits_used": train_splits_used(pairs),
+        "train_pairs": count_by_source(pairs),
     }
     (output_dir / SUMMARY).write_text(json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
     return output_dir
@@ -236,8 +285,11 @@ def save_adapter(gem, output_dir: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def make_collator(config: GEMTrainingConfig, gem):
-    """The GEM collator for this config and loaded model (GEM ids, template, padding)."""
+def make_collator(config: GEMTrainingConfig, gem, pairs: list[dict] | None = None):
+    """The GEM collator for this config and loaded model (GEM ids, template, padding).
+
+    ``pairs``: supervised pairs as token ids (``tokenize_pairs``), drawn into every batch.
+    """
     from .collator import GEMCollator
     from ..tokens import leading_special_ids
 
@@ -254,6 +306,8 @@ def make_collator(config: GEMTrainingConfig, gem):
         view_mode=config.contrastive_view_mode,
         view_head_ids=leading_special_ids(gem.tokenizer) + head,
         view_tail_ids=tail,
+        pairs=list(pairs or []),
+        pairs_per_batch=config.pairs_per_batch if pairs else 0,
     )
 
 

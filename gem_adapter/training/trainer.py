@@ -1,8 +1,9 @@
 """GEM training on TRL: ``GEMTrainingConfig`` (extends ``trl.SFTConfig``) and ``GEMTrainer``.
 
 The trainer adds behaviour only: a loss computed under the GEM mask (mixed next-token
-prediction, plus an optional InfoNCE term over GEM embeddings), separate logging of the
-loss parts, and checkpoints written to a staging folder and renamed into place. The
+prediction, plus optional InfoNCE terms over GEM embeddings: views, supervised pairs; with
+Matryoshka sizes, from a start step on, GradCache-chunked, see ``losses``), separate logging
+of the loss parts, and checkpoints written to a staging folder and renamed into place. The
 training loop, optimiser, schedule, evaluation and resumption are TRL's / transformers'.
 
 ``train(config)`` is the whole job: read and chunk the corpus (errors come before any
@@ -25,7 +26,7 @@ import torch
 from trl import SFTConfig, SFTTrainer
 from transformers import TrainerCallback
 
-from ..config import GEMConfig, base_fingerprint
+from ..config import GEMConfig, base_fingerprint, check_matryoshka_dims
 from ..errors import GEMConfigError
 from ..masking import Segment, attention_inputs
 from ..pooling import pool
@@ -33,6 +34,7 @@ from ..runtime import causal_lm_of
 from ..version import __version__
 from .collator import IGNORE_INDEX, VIEW_MODES, GEMCollator
 from .data import CHUNK_UNITS
+from .losses import grad_cached, info_nce
 
 BASE_DTYPES = ("auto", "float32", "bfloat16", "float16")
 LOSS_LOG = "loss_log.jsonl"
@@ -66,7 +68,14 @@ class GEMTrainingConfig(SFTConfig):
     contrastive_weight: float = field(default=0.0, metadata={"help": "Weight of the InfoNCE term; 0 is the paper's objective."})
     contrastive_temperature: float = field(default=0.05, metadata={"help": "InfoNCE temperature."})
     contrastive_view_mode: str = field(default="crop", metadata={"help": f"Positive pairs: {VIEW_MODES}."})
+    contrastive_start_step: float = field(default=0, metadata={"help": "Two phases (the paper's schedule): the first N optimizer steps train mixed NTP alone, the contrastive and pairs terms neither computed nor logged; from step N on they join. Below 1: a fraction of max_steps (0.5: the second half). 0: from the start."})
+    matryoshka_dims: list[int] | None = field(default=None, metadata={"help": "Matryoshka: prefix sizes (increasing, below the hidden size, e.g. [64, 128, 256]) at which every InfoNCE term is also computed (vectors cut and re-normalised), averaged with the full size; recorded in gem_config.json for encode(dimensions=). None: the full size only."})
+    contrastive_cache_chunk: int | None = field(default=None, metadata={"help": "GradCache: run a training batch's embedding passes (and its NTP pass) in chunks of this many rows, so per_device_train_batch_size, and with it the in-batch negatives, can grow without more activation memory; the gradients are those of one pass. None: one pass."})
     embed_template: str | None = field(default=None, metadata={"help": "Template ({text}) around texts before the GEM tokens, used in the contrastive views and saved as the adapter's encode default."})
+    pairs_data: str | None = field(default=None, metadata={"help": "Supervised pairs mixed into training: a .jsonl pairs file (gem pairs writes one), or the shared data folder to build them from its train splits in memory. None: no pairs."})
+    pairs_per_batch: int = field(default=16, metadata={"help": "Pairs drawn for every batch (per process) when pairs_data is set; each anchor's in-batch negatives are the other pairs' positives and hard negatives."})
+    pairs_sources: list[str] | None = field(default=None, metadata={"help": "When pairs_data is a data folder: which train splits to build pairs from (sts, sick, scifact, banking). None: all of them."})
+    pairs_weight: float = field(default=1.0, metadata={"help": "Weight of the pairs' InfoNCE term (temperature contrastive_temperature); 0 leaves the pairs out."})
 
     def __post_init__(self) -> None:
         # The GEM collator pads and builds masks itself: TRL must neither drop our columns
@@ -78,6 +87,20 @@ class GEMTrainingConfig(SFTConfig):
         _check(0.0 <= self.gem_fraction <= 1.0, "gem_fraction", self.gem_fraction, "a number in [0, 1]")
         _check(self.contrastive_weight >= 0, "contrastive_weight", self.contrastive_weight, ">= 0")
         _check(self.contrastive_temperature > 0, "contrastive_temperature", self.contrastive_temperature, "> 0")
+        start = self.contrastive_start_step
+        _check(not isinstance(start, bool) and start >= 0 and (start < 1 or float(start).is_integer()), "contrastive_start_step", start, "a step (an integer >= 0) or a fraction of max_steps below 1")
+        _check(start < 1 or self.max_steps <= 0 or start < self.max_steps, "contrastive_start_step", start, f"below max_steps ({self.max_steps}), or a fraction such as 0.5, so the contrastive phase happens")
+        _check(self.contrastive_cache_chunk is None or self.contrastive_cache_chunk >= 1, "contrastive_cache_chunk", self.contrastive_cache_chunk, "None or an integer >= 1")
+        try:
+            self.matryoshka_dims = check_matryoshka_dims(self.matryoshka_dims)
+        except (TypeError, ValueError) as exc:
+            raise GEMConfigError(str(exc)) from None
+        if self.pairs_sources is not None:
+            from .pairs import parse_sources
+
+            self.pairs_sources = parse_sources(self.pairs_sources)
+        _check(self.pairs_per_batch >= 2, "pairs_per_batch", self.pairs_per_batch, ">= 2 (one pair has no in-batch negative)")
+        _check(self.pairs_weight >= 0, "pairs_weight", self.pairs_weight, ">= 0")
         _check(0 < self.min_chunk_tokens <= self.max_chunk_tokens, "min_chunk_tokens", self.min_chunk_tokens, f"in 1..max_chunk_tokens ({self.max_chunk_tokens})")
         _check(self.lora_r >= 1, "lora_r", self.lora_r, ">= 1")
         _check(self.eval_chunks >= 0, "eval_chunks", self.eval_chunks, ">= 0")
@@ -98,6 +121,7 @@ class GEMTrainingConfig(SFTConfig):
             min_suffix_tokens=self.min_suffix_tokens,
             template=self.embed_template,
             base_model=self.base_model,
+            matryoshka_dims=self.matryoshka_dims,
             library_version=__version__,
         )
 
@@ -115,28 +139,46 @@ class GEMTrainer(SFTTrainer):
         self.gem_config = gem_config
         self.train_tokens_seen = 0  # real (non-padding) tokens through the model (NTP and views), for tokens/s
         super().__init__(*args, **kwargs)
+        hidden_size = getattr(causal_lm_of(self.accelerator.unwrap_model(self.model)).config, "hidden_size", None)
+        try:
+            check_matryoshka_dims(self.args.matryoshka_dims, hidden_size)
+        except ValueError as exc:
+            raise GEMConfigError(str(exc)) from None
+        if self.args.contrastive_cache_chunk and self.is_deepspeed_enabled:
+            raise GEMConfigError("contrastive_cache_chunk does not work under DeepSpeed (it runs several backward passes a step); leave it unset")
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if model.training else "eval"
         causal_lm = causal_lm_of(self.accelerator.unwrap_model(model))
         decoder, lm_head = causal_lm.get_decoder(), causal_lm.get_output_embeddings()
         implementation, dtype = causal_lm.config._attn_implementation, causal_lm.dtype
+        # GradCache (contrastive_cache_chunk): a training batch runs in chunks of rows, and
+        # every chunk but the NTP pass's last is backpropagated here (see _backward_factor).
+        chunk = self.args.contrastive_cache_chunk if mode == "train" and torch.is_grad_enabled() else None
 
         segment_ids, labels = inputs["segment_ids"], inputs["labels"]
-        mask, positions = attention_inputs(segment_ids, implementation, dtype)
-        hidden = decoder(input_ids=inputs["input_ids"], attention_mask=mask, position_ids=positions, use_cache=False).last_hidden_state
-        # Project only the positions that carry a label: GEM samples label their suffix
-        # alone, and the vocabulary projection is a large share of a small model's FLOPs.
         targets = labels[:, 1:]
         selected = targets != IGNORE_INDEX
-        logits = lm_head(hidden[:, :-1][selected]).float()
-        token_loss = torch.nn.functional.cross_entropy(logits, targets[selected], reduction="none")
         denominator = num_items_in_batch if num_items_in_batch is not None else selected.sum()
-        loss = token_loss.sum() / torch.as_tensor(denominator, device=token_loss.device).clamp(min=1)
+        scale = 1
         if num_items_in_batch is not None and self.args.average_tokens_across_devices and self.args.world_size > 1:
             # num_items_in_batch counts every process's labels and DDP averages the gradients
             # over processes: scale back up, as transformers' own compute_loss does.
-            loss = loss * self.accelerator.num_processes
+            scale = self.accelerator.num_processes
+        rows = segment_ids.shape[0]
+        step = chunk or rows
+        loss, token_losses = 0, []
+        for start in range(0, rows, step):
+            part = slice(start, start + step)
+            token_loss = self._token_losses(decoder, lm_head, implementation, dtype, inputs["input_ids"][part],
+                                            segment_ids[part], selected[part], targets[part])
+            piece = token_loss.sum() / torch.as_tensor(denominator, device=token_loss.device).clamp(min=1) * scale
+            token_losses.append(token_loss.detach())
+            if start + step < rows:  # GradCache: not the last chunk, so its backward runs now
+                self.accelerator.backward(piece * self._backward_factor(num_items_in_batch))
+                piece = piece.detach()
+            loss = loss + piece
+        token_loss = torch.cat(token_losses)
 
         is_gem_row = (segment_ids == Segment.GEM).any(dim=1, keepdim=True).expand_as(targets)[selected]
         metrics = self._metrics[mode]
@@ -147,16 +189,95 @@ class GEMTrainer(SFTTrainer):
         if (~is_gem_row).any():
             metrics["loss_plain_ntp"].append(token_loss[~is_gem_row].mean().item())
 
-        if self.args.contrastive_weight > 0 and "view_a_input_ids" in inputs:
+        terms = self._embedding_terms(inputs) if self.state.global_step >= self.contrastive_start() else []
+        if terms:
+            sides = list(dict.fromkeys(side for _name, _weight, term_sides, _fn in terms for side in term_sides))
             if mode == "train":
-                for view in ("view_a", "view_b"):
-                    self.train_tokens_seen += int((inputs[f"{view}_segment_ids"] != Segment.PAD).sum())
-            contrastive = self._info_nce(decoder, implementation, dtype, inputs)
-            metrics["loss_contrastive"].append(contrastive.item())
-            if num_items_in_batch is not None:  # the NTP part is already averaged over accumulation
-                contrastive = contrastive / self.current_gradient_accumulation_steps
-            loss = loss + self.args.contrastive_weight * contrastive
+                for side in sides:
+                    self.train_tokens_seen += int((inputs[f"{side}_segment_ids"] != Segment.PAD).sum())
+            # the NTP part is already averaged over gradient accumulation when num_items_in_batch is given
+            accumulation = self.current_gradient_accumulation_steps if num_items_in_batch is not None else 1
+            values: dict[str, torch.Tensor] = {}
+
+            def weighted(*embeddings: torch.Tensor) -> torch.Tensor:
+                by_side = dict(zip(sides, embeddings))
+                total = 0
+                for name, weight, term_sides, fn in terms:
+                    values[name] = fn(*[by_side[side] for side in term_sides])
+                    total = total + weight * values[name] / accumulation
+                return total
+
+            def embed(side: str, start: int = 0, end: int | None = None) -> torch.Tensor:
+                return self._embed(decoder, implementation, dtype, inputs, side, start, end)
+
+            if chunk:
+                factor = self._backward_factor(num_items_in_batch)
+                counts = [(side, int(inputs[f"{side}_input_ids"].shape[0])) for side in sides]
+                contribution = grad_cached(embed, counts, chunk, lambda *e: weighted(*e) * factor,
+                                           self.accelerator.backward, device=inputs["input_ids"].device) / factor
+            else:
+                contribution = weighted(*[embed(side) for side in sides])
+            for name, value in values.items():
+                metrics[name].append(value.item())
+            loss = loss + contribution
         return (loss, {"loss": loss}) if return_outputs else loss
+
+    def _token_losses(self, decoder, lm_head, implementation, dtype, input_ids, segment_ids, selected, targets) -> torch.Tensor:
+        """Next-token cross-entropy of every labelled position of these rows, in row order."""
+        mask, positions = attention_inputs(segment_ids, implementation, dtype)
+        hidden = decoder(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=False).last_hidden_state
+        # Project only the positions that carry a label: GEM samples label their suffix
+        # alone, and the vocabulary projection is a large share of a small model's FLOPs.
+        logits = lm_head(hidden[:, :-1][selected]).float()
+        return torch.nn.functional.cross_entropy(logits, targets[selected], reduction="none")
+
+    def _embed(self, decoder, implementation, dtype, inputs, name: str, start: int = 0, end: int | None = None) -> torch.Tensor:
+        """GEM embeddings (float32, not normalised) of rows ``start:end`` of ``inputs[name + "_input_ids"]``."""
+        segments = inputs[f"{name}_segment_ids"][start:end]
+        mask, positions = attention_inputs(segments, implementation, dtype)
+        hidden = decoder(input_ids=inputs[f"{name}_input_ids"][start:end], attention_mask=mask, position_ids=positions, use_cache=False).last_hidden_state
+        return pool(hidden, segments, "gem").float()
+
+    def _embedding_terms(self, inputs) -> list[tuple[str, float, tuple[str, ...], Any]]:
+        """The InfoNCE terms on for this batch: (metric name, weight, embedded inputs, loss of their embeddings)."""
+        args, terms = self.args, []
+        if args.contrastive_weight > 0 and "view_a_input_ids" in inputs:
+            terms.append(("loss_contrastive", args.contrastive_weight, ("view_a", "view_b"), self._info_nce))
+        if args.pairs_weight > 0 and "pair_anchor_input_ids" in inputs:
+            sides = ("pair_anchor", "pair_positive") + (("pair_negative",) if "pair_negative_input_ids" in inputs else ())
+            terms.append(("loss_pairs", args.pairs_weight, sides, lambda *e: self._pairs_nce(inputs["pair_mask"], *e)))
+        return terms
+
+    def _info_nce(self, view_a: torch.Tensor, view_b: torch.Tensor) -> torch.Tensor:
+        """Symmetric InfoNCE of the two views of every chunk (Matryoshka mean with matryoshka_dims)."""
+        return info_nce(view_a, view_b, self.args.contrastive_temperature, self.args.matryoshka_dims)
+
+    def _pairs_nce(self, mask, anchors, positives, negatives=None) -> torch.Tensor:
+        """InfoNCE of each pair's anchor against every positive in the batch plus the hard negatives.
+
+        Columns ``pair_mask`` marks (the same text as the row's positive, or the same group)
+        are left out of the row's softmax: they are not negatives.
+        """
+        return info_nce(anchors, positives, self.args.contrastive_temperature, self.args.matryoshka_dims,
+                        extra_negatives=negatives, mask=mask, symmetric=False)
+
+    def contrastive_start(self) -> int:
+        """The optimizer step from which the contrastive and pairs terms run (``contrastive_start_step`` resolved)."""
+        start = self.args.contrastive_start_step
+        return round(start * self.state.max_steps) if 0 < start < 1 else int(start)
+
+    def _backward_factor(self, num_items_in_batch) -> float:
+        """What ``Trainer.training_step`` multiplies ``compute_loss``'s result by before its backward.
+
+        GradCache runs backward passes inside ``compute_loss``; they get the same factor
+        (and go through ``accelerator.backward``, as the Trainer's own does), so the summed
+        gradients equal those of one pass. DDP is unaffected: ``training_step`` averages the
+        accumulated gradients once per optimizer step, whoever ran the backward passes.
+        """
+        scaled = self.loss_is_scaled_for_ga
+        if scaled is None:
+            scaled = (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or self.compute_loss_func is not None
+        return 1.0 if scaled else 1.0 / self.current_gradient_accumulation_steps
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
@@ -183,20 +304,6 @@ class GEMTrainer(SFTTrainer):
         for g in grads:
             g.copy_(flat[offset:offset + g.numel()].view_as(g))
             offset += g.numel()
-
-    def _info_nce(self, decoder, implementation, dtype, inputs) -> torch.Tensor:
-        embeddings = []
-        for view in ("view_a", "view_b"):
-            segments = inputs[f"{view}_segment_ids"]
-            mask, positions = attention_inputs(segments, implementation, dtype)
-            hidden = decoder(input_ids=inputs[f"{view}_input_ids"], attention_mask=mask, position_ids=positions, use_cache=False).last_hidden_state
-            embeddings.append(torch.nn.functional.normalize(pool(hidden, segments, "gem").float(), dim=-1))
-        similarity = embeddings[0] @ embeddings[1].T / self.args.contrastive_temperature
-        target = torch.arange(similarity.shape[0], device=similarity.device)
-        return 0.5 * (
-            torch.nn.functional.cross_entropy(similarity, target)
-            + torch.nn.functional.cross_entropy(similarity.T, target)
-        )
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """Save a loadable adapter folder: LoRA + GEM rows, tokenizer, gem_config.json.
@@ -303,7 +410,7 @@ def plot_loss_curve(log_path: Path, png_path: Path) -> None:
     records = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()] if log_path.exists() else []
     series: dict[str, list[tuple[int, float]]] = {}
     for record in records:
-        for key in ("loss", "eval_loss", "loss_gem_ntp", "loss_plain_ntp", "loss_contrastive", "eval_loss_gem_ntp"):
+        for key in ("loss", "eval_loss", "loss_gem_ntp", "loss_plain_ntp", "loss_contrastive", "loss_pairs", "eval_loss_gem_ntp"):
             if isinstance(record.get(key), (int, float)):
                 series.setdefault(key, []).append((record["step"], record[key]))
     figure, axis = plt.subplots(figsize=(7, 4))

@@ -45,6 +45,9 @@ def main() -> None:
     parser.add_argument("--precision-train-batch", type=int, default=8, help="chunks in the precision training step")
     parser.add_argument("--precision-matmul-size", type=int, default=1024)
     parser.add_argument("--precision-matmul-iterations", type=int, default=20)
+    parser.add_argument("--precision-device", default=None, help="cpu or cuda (default: cuda if there is one)")
+    parser.add_argument("--precision-profile", action="store_true",
+                        help="add torch.profiler's top operators of one training step per dtype")
     parser.add_argument("--memory-child", choices=memory.MEMORY_VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=Path("bench"))
     args = parser.parse_args()

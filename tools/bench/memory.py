@@ -29,7 +29,7 @@ def memory_child(precision: str, base: str, n: int) -> None:
     from gem_adapter import GEMModel
 
     after_import = peak_mb()
-    model = GEMModel.from_pretrained(base, load_in_4bit=precision != "fp32", cache_quantized=precision == "4bit")
+    model = GEMModel.from_pretrained(base, adapter=None, load_in_4bit=precision != "fp32", cache_quantized=precision == "4bit")
     after_load = peak_mb()
     model.encode(sentences(n), batch_size=32, show_progress_bar=False)
     print(json.dumps({"precision": precision, "peak_mb_after_import": round(after_import, 1),

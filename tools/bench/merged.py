@@ -22,7 +22,7 @@ def bench_merged(args, results: dict) -> None:
     merged_dir = Path(tempfile.mkdtemp(prefix="gem-bench-merged-")) / "merged"
     merge(args.base, args.adapter, merged_dir)
     models = {
-        "base": GEMModel.from_pretrained(args.base),
+        "base": GEMModel.from_pretrained(args.base, adapter=None),
         "adapter_unfused": GEMModel.from_pretrained(args.base, adapter=args.adapter, fuse=False),
         "adapter_fused": GEMModel.from_pretrained(args.base, adapter=args.adapter),  # the default
         "merged": GEMModel.from_pretrained(merged_dir),

@@ -26,7 +26,7 @@ PROMPTS = ["The capital of France is", "In 1905, Albert Einstein published", "A 
 LAYOUTS = {"a @ b": lambda a, b: a @ b, "linear (a @ b.T)": torch.nn.functional.linear}
 
 
-def matmul_gflops(dtype: torch.dtype, size: int, iterations: int, layout: str) -> float:
+def matmul_gflops(dtype: torch.dtype, size: int, iterations: int, layout: str, device: torch.device) -> float:
     """GFLOP/s of ``iterations`` products of two ``size`` x ``size`` matrices in ``dtype``.
 
     ``layout``: ``a @ b``, or ``linear (a @ b.T)``, the product ``nn.Linear`` computes. They can
@@ -34,12 +34,26 @@ def matmul_gflops(dtype: torch.dtype, size: int, iterations: int, layout: str) -
     slower than its bfloat16 ``linear``; the peak is the faster of the two.
     """
     generator = torch.Generator().manual_seed(0)
-    a = torch.randn(size, size, generator=generator).to(dtype)
-    b = torch.randn(size, size, generator=generator).to(dtype)
+    a = torch.randn(size, size, generator=generator).to(device, dtype)
+    b = torch.randn(size, size, generator=generator).to(device, dtype)
     product = LAYOUTS[layout]
     product(a, b)  # warm-up: first-call dispatch and any weight packing
     spent = seconds(lambda: [product(a, b) for _ in range(iterations)])
     return 2 * size**3 * iterations / spent / 1e9
+
+
+def profile_step(step, device: torch.device, top: int = 12) -> list[dict]:
+    """The ``top`` operators of one training step by self time (torch.profiler), as rows."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        step()
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    events = sorted(prof.key_averages(), key=lambda e: getattr(e, key, 0), reverse=True)[:top]
+    total = sum(getattr(e, key, 0) for e in prof.key_averages()) or 1
+    return [{"op": e.key, "self_ms": round(getattr(e, key, 0) / 1000, 2), "share": round(getattr(e, key, 0) / total, 3),
+             "calls": e.count} for e in events]
 
 
 def parameter_counts(gem) -> tuple[int, int]:
@@ -52,7 +66,7 @@ def parameter_counts(gem) -> tuple[int, int]:
 
 def bench_precision(args, results: dict) -> None:
     from gem_adapter import GEMModel
-    from gem_adapter.precision import cpu_flags, describe
+    from gem_adapter.precision import cpu_flags, default_device, describe
     from gem_adapter.training.recipes import load_recipe
     from gem_adapter.training.run import build_peft_model, make_collator
 
@@ -60,12 +74,13 @@ def bench_precision(args, results: dict) -> None:
     texts = sentences(args.precision_texts)
     size, iterations = args.precision_matmul_size, args.precision_matmul_iterations
     dtypes = {name: getattr(torch, name) for name in DTYPES}
+    device = torch.device(args.precision_device) if args.precision_device else default_device()
 
-    matmul = alternate({(name, layout): (lambda d=d, layout=layout: matmul_gflops(d, size, iterations, layout))
+    matmul = alternate({(name, layout): (lambda d=d, layout=layout: matmul_gflops(d, size, iterations, layout, device))
                         for name, d in dtypes.items() for layout in LAYOUTS}, args.repeats)
     peak_median = {name: max(statistics.median(matmul[name, layout]) for layout in LAYOUTS) for name in DTYPES}
 
-    models = {name: GEMModel.from_pretrained(args.base, dtype=name) for name in DTYPES}
+    models = {name: GEMModel.from_pretrained(args.base, adapter=None, dtype=name, device=device) for name in DTYPES}
     any_model = models["float32"]
     n_decoder, n_head = parameter_counts(any_model)
     gem_tokens = len(any_model.gem_token_ids)
@@ -92,14 +107,17 @@ def bench_precision(args, results: dict) -> None:
 
     # One LoRA training step: GEM batch -> forward under the GEM mask -> float32 cross entropy ->
     # backward -> AdamW over the trainable (float32) LoRA and GEM-row parameters.
-    steppers, train_tokens = {}, 0
+    steppers, profiles, train_tokens = {}, {}, 0
     for name in DTYPES:
         config = load_recipe(args.recipe, {"base_model": args.base, "output_dir": "unused", "base_dtype": name,
-                                           "bf16": False, "report_to": "none", "contrastive_weight": 0.0})
+                                           "bf16": False, "report_to": "none", "contrastive_weight": 0.0,
+                                           "use_cpu": device.type == "cpu"})
         gem = build_peft_model(config)
+        gem.model.to(device)
         gem.model.train()
         ids = [row[: config.max_chunk_tokens] for row in gem.tokenizer(texts[: args.precision_train_batch])["input_ids"]]
         batch = make_collator(config, gem)([{"input_ids": row, "index": i} for i, row in enumerate(ids)])
+        batch = {key: value.to(device) if torch.is_tensor(value) else value for key, value in batch.items()}
         train_tokens = int((batch["segment_ids"] != 0).sum())
         optimizer = torch.optim.AdamW([p for p in gem.model.parameters() if p.requires_grad], lr=1e-4)
 
@@ -115,6 +133,8 @@ def bench_precision(args, results: dict) -> None:
 
         step()  # warm-up: optimizer state, first-call dispatch
         steppers[name] = step
+        if args.precision_profile:
+            profiles[name] = profile_step(step, device)
     train_s = alternate(steppers, args.repeats)
     train_flops = 3 * 2 * (n_decoder + n_head) * train_tokens
     del steppers
@@ -137,8 +157,10 @@ def bench_precision(args, results: dict) -> None:
             row("LoRA train step", "steps/s", 1, train_flops, train_s[name]),
         ]
     results["precision"] = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "cpu_flags": {flag: flag in flags for flag in FLAGS_OF_INTEREST},
-        "auto": describe("cpu"),
+        "auto": describe(device),
+        "train_step_profile": profiles,
         "setup": (f"{len(texts)} STSB dev sentences ({encode_tokens} tokens, GEM tokens included) encoded in batches of "
                   f"{args.encode_batch}; {len(PROMPTS)} prompts x {args.generate_tokens} greedy new tokens; one training "
                   f"step on {args.precision_train_batch} chunks ({train_tokens} tokens), recipe {args.recipe} LoRA, AdamW; "

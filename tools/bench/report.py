@@ -57,7 +57,8 @@ def markdown(results: dict) -> str:
     if "precision" in results:
         p = results["precision"]
         flags = ", ".join(f"{flag} {'yes' if present else 'no'}" for flag, present in p["cpu_flags"].items())
-        lines += ["### bfloat16 vs float32 (one process, alternating)", "", f"CPU flags: {flags}. {p['auto']}.", "",
+        lines += ["### bfloat16 vs float32 (one process, alternating)", "",
+                  f"Device: {p.get('device', 'cpu')}. CPU flags: {flags}. {p['auto']}.", "",
                   "| workload | dtype | rate | est. GFLOP/s | MFU (vs this dtype's best matmul) | bf16 / fp32 rate |",
                   "|---|---|---|---|---|---|"]
         for r in p["rows"]:
@@ -65,4 +66,9 @@ def markdown(results: dict) -> str:
             lines.append(f"| {r['workload']} | {r['dtype']} | {m(r['rate'])} {r['unit']} | {r['gflops']} | {r['mfu']} | {ratio_cell} |")
         lines += ["", p["setup"] + ". FLOPs: 2 x parameters x tokens per forward pass, x3 for a training step "
                   "(attention's length term left out).", ""]
+        for dtype, ops in (p.get("train_step_profile") or {}).items():
+            lines += [f"Training step, {dtype}: top operators by self time (torch.profiler)", "",
+                      "| operator | self ms | share | calls |", "|---|---|---|---|"]
+            lines += [f"| {o['op']} | {o['self_ms']} | {o['share']} | {o['calls']} |" for o in ops]
+            lines.append("")
     return "\n".join(lines)

@@ -24,9 +24,19 @@ def alternate(candidates: dict[str, Callable[[], Any]], repeats: int) -> dict[st
 
 
 def seconds(run: Callable[[], object]) -> float:
+    """Wall seconds of ``run()``; on a GPU, after its queued kernels have finished."""
+    synchronize()
     start = time.perf_counter()
     run()
+    synchronize()
     return time.perf_counter() - start
+
+
+def synchronize() -> None:
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
 
 
 def sentences(n: int) -> list[str]:

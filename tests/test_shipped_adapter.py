@@ -1,0 +1,97 @@
+"""The GEM adapter shipped in the package for the default model, and how commands choose an adapter."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+import numpy as np
+import pytest
+
+from conftest import save_tiny_base
+from gem_adapter import DEFAULT_MODEL
+from gem_adapter.hub import SHIPPED_DIR, shipped_adapter
+
+SHIPPED = SHIPPED_DIR / "smollm2-135m"
+
+
+def test_the_default_model_has_a_shipped_adapter_and_other_bases_none(tmp_path):
+    assert shipped_adapter(DEFAULT_MODEL) == SHIPPED
+    assert shipped_adapter("smollm2-135m-instruct-typo") is None
+    assert shipped_adapter(save_tiny_base(tmp_path / "tiny")) is None
+
+
+def test_shipped_adapter_is_small_complete_and_documented():
+    sizes = {p.name: p.stat().st_size for p in SHIPPED.iterdir() if p.is_file()}
+    assert sum(sizes.values()) <= 10_000_000, sizes
+    for name in ("adapter_config.json", "adapter_model.safetensors", "gem_config.json", "training_config.json",
+                 "train_summary.json", "README.md"):
+        assert name in sizes, f"{name} missing from {SHIPPED}"
+    training = json.loads((SHIPPED / "training_config.json").read_text())
+    assert training["base_model"] == DEFAULT_MODEL and isinstance(training["seed"], int)
+    summary = json.loads((SHIPPED / "train_summary.json").read_text())
+    # the README names the train splits the recipe used; test splits never feed training
+    for split in summary["train_splits_used"]:
+        assert split in (SHIPPED / "README.md").read_text()
+
+
+def test_shipped_adapter_matches_the_base_it_was_trained_for():
+    config = json.loads((SHIPPED / "gem_config.json").read_text())
+    adapter_config = json.loads((SHIPPED / "adapter_config.json").read_text())
+    assert config["base_model"] == DEFAULT_MODEL
+    assert adapter_config["peft_type"] == "LORA"
+
+
+def test_commands_choose_the_given_adapter_none_or_the_shipped_one(tmp_path):
+    from gem_adapter.cli.common import chosen_adapter
+
+    folder = tmp_path / "adapter"
+    folder.mkdir()
+    assert chosen_adapter(DEFAULT_MODEL, folder, False) == folder
+    assert chosen_adapter(DEFAULT_MODEL, None, False) == SHIPPED
+    assert chosen_adapter(DEFAULT_MODEL, None, True) is None
+    assert chosen_adapter(str(tmp_path / "tiny"), None, False) is None
+    with pytest.raises(click.UsageError, match="not both"):
+        chosen_adapter(DEFAULT_MODEL, folder, True)
+    with pytest.raises(Exception, match="does not exist"):
+        chosen_adapter(DEFAULT_MODEL, tmp_path / "missing", False)
+
+
+def test_an_adapter_without_tokenizer_files_takes_the_base_tokenizer(tmp_path):
+    # the shipped adapter leaves the 3.5 MB tokenizer out: the base's, plus the GEM tokens added
+    # the same way training added them, must give the same model
+    from gem_adapter import GEMModel
+    from test_evaluation_cli import random_adapter
+
+    base = save_tiny_base(tmp_path / "tiny")
+    with_tokenizer = random_adapter(base, tmp_path / "adapter")
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for path in with_tokenizer.iterdir():
+        if path.is_file() and not path.name.startswith(("tokenizer", "special_tokens", "chat_template")):
+            (bare / path.name).write_bytes(path.read_bytes())
+    assert not (bare / "tokenizer_config.json").exists()
+    texts = ["a short text", "another, longer text to embed"]
+    full = GEMModel.from_pretrained(base, adapter=with_tokenizer).encode(texts)
+    light = GEMModel.from_pretrained(base, adapter=bare).encode(texts)
+    np.testing.assert_allclose(full, light, atol=1e-6)
+    assert not np.allclose(light, GEMModel.from_pretrained(base, adapter=None).encode(texts), atol=1e-3)
+
+
+@pytest.mark.real_model
+def test_default_model_embeds_with_the_shipped_adapter_unless_asked_not_to():
+    from gem_adapter import GEMModel
+
+    texts = ["A man is playing a guitar.", "A person plays the guitar.", "The stock market fell sharply."]
+    trained = GEMModel.from_pretrained(DEFAULT_MODEL).encode(texts)
+    bare = GEMModel.from_pretrained(DEFAULT_MODEL, adapter=None).encode(texts)
+    assert not np.allclose(trained, bare, atol=1e-3)
+    paraphrase, unrelated = trained[0] @ trained[1], trained[0] @ trained[2]
+    # the untrained token puts every pair between 0.89 and 0.98; the shipped adapter separates them
+    assert paraphrase - unrelated > 0.3, (paraphrase, unrelated)
+
+
+def test_shipped_folder_is_package_data():
+    text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    assert "shipped/*/*" in text

@@ -1,0 +1,115 @@
+"""Recipe variants side by side: train each, score each on dev splits, in one run.
+
+    python tools/recipe_ablation.py --variant default=smollm2-135m-cpu \\
+        --variant pairs=smollm2-135m-cpu:pairs_data=DATA \\
+        --variant paper=smollm2-135m-paper --out runs/ablation
+
+A variant is ``label=recipe[:key=value;key=value]``; the word ``DATA`` in a value is the shared
+data folder. Every adapter is scored in float32 on STSBenchmark **dev** (1,500 pairs) and SICK
+**trial** (500 pairs; SICK-R's dev split), Spearman x100 of the cosine, and WikiText-2 test
+perplexity (first ``--wikitext-tokens`` tokens). Dev splits only: the test splits are for
+``gem eval``. Writes ``ablation.json`` and ``ablation.md`` into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench_training import DATA, spearman_x100, sts_dev
+from gem_adapter import GEMModel
+from gem_adapter.evaluation.lm import evaluate_wikitext2
+from gem_adapter.training.recipes import load_recipe, parse_overrides
+from gem_adapter.training.run import train
+
+
+def machine() -> str:
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, {gpu}, torch {torch.__version__}"
+
+
+def sick_trial() -> tuple[list[str], list[str], np.ndarray]:
+    with open(DATA / "sts" / "sickr" / "SICK_trial.txt", newline="") as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t"))
+    return ([r["sentence_A"] for r in rows], [r["sentence_B"] for r in rows],
+            np.array([float(r["relatedness_score"]) for r in rows]))
+
+
+def parse_variant(spec: str) -> tuple[str, str, list[str]]:
+    """``label=recipe:k=v;k=v`` -> (label, recipe, ["k=v", ...]) with DATA replaced."""
+    label, _, rest = spec.partition("=")
+    recipe, _, sets = rest.partition(":")
+    return label, recipe, [s.replace("DATA", str(DATA)) for s in sets.split(";") if s]
+
+
+def train_and_score(base: str, recipe: str, folder: Path, overrides: list[str], wikitext_tokens: int,
+                    sts_pairs: int | None = None) -> dict:
+    """Train ``recipe`` with ``overrides`` into ``folder``; its dev scores and training time."""
+    values = {"base_model": base, "data": str(DATA / "corpus"), "output_dir": str(folder), "report_to": "none",
+              **parse_overrides(overrides)}
+    config = load_recipe(recipe, values)
+    start = time.perf_counter()
+    train(config, overwrite=True)
+    return {"train_seconds": round(time.perf_counter() - start, 1),
+            **dev_scores(base, folder, wikitext_tokens, sts_pairs)}
+
+
+def dev_scores(base: str, adapter: Path | None, wikitext_tokens: int, sts_pairs: int | None = None) -> dict:
+    """STSB dev and SICK trial Spearman x100 and WikiText-2 perplexity of ``adapter`` (None: the
+    bare base's untrained GEM token), in float32."""
+    model = GEMModel.from_pretrained(base, adapter=adapter, dtype="float32")
+    row = {}
+    left, right, gold = (part[:sts_pairs] for part in sts_dev())
+    row["sts_dev"] = spearman_x100(model, left, right, gold)
+    left, right, gold = (part[:sts_pairs] for part in sick_trial())
+    row["sick_trial"] = spearman_x100(model, left, right, gold)
+    if wikitext_tokens:
+        ppl = evaluate_wikitext2(model, DATA, max_tokens=wikitext_tokens, show_progress=False)
+        row["wikitext2_ppl"] = round(ppl["perplexity"], 3)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", default="smollm2-135m")
+    parser.add_argument("--variant", action="append", required=True, help="label=recipe[:k=v;k=v]; repeatable")
+    parser.add_argument("--set", dest="common", action="append", default=[], help="key=value for every variant")
+    parser.add_argument("--wikitext-tokens", type=int, default=40000)
+    parser.add_argument("--sts-pairs", type=int, default=None, help="first N dev pairs only (smoke runs)")
+    parser.add_argument("--out", type=Path, default=Path("runs/ablation"))
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    args.out.mkdir(parents=True, exist_ok=True)
+    results: dict = {"machine": machine(), "common": args.common, "rows": [],
+                     "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    for spec in args.variant:
+        label, recipe, overrides = parse_variant(spec)
+        row = {"variant": label, "recipe": recipe, "overrides": overrides,
+               **train_and_score(args.base, recipe, args.out / label, args.common + overrides, args.wikitext_tokens,
+                                 args.sts_pairs)}
+        results["rows"].append(row)
+        print(row, flush=True)
+        (args.out / "ablation.json").write_text(json.dumps(results, indent=2) + "\n")
+        (args.out / "ablation.md").write_text(markdown(results) + "\n")
+    print(markdown(results))
+
+
+def markdown(results: dict) -> str:
+    lines = [f"Machine: {results['machine']}. Common settings: {' '.join(results['common']) or 'none'}.", "",
+             "| variant | recipe and overrides | STSB dev | SICK trial | WikiText-2 ppl | train s |", "|---|---|---|---|---|---|"]
+    for r in results["rows"]:
+        lines.append(f"| {r['variant']} | {r['recipe']} {' '.join(r['overrides'])} | {r['sts_dev']} | {r['sick_trial']} | "
+                     f"{r.get('wikitext2_ppl', '')} | {r['train_seconds']} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
