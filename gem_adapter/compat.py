@@ -287,7 +287,7 @@ def _check_rows_without_tokenizer(adapter: AdapterFolder, base: BaseSpec) -> Non
 
 
 def _check_vocabulary(adapter: AdapterFolder, base: BaseSpec) -> None:
-    if not _has_tokenizer(adapter.path):
+    if not has_tokenizer(adapter.path):
         if adapter.is_gem:
             _check_rows_without_tokenizer(adapter, base)
         return  # a plain LoRA without tokenizer: nothing to compare
@@ -334,7 +334,8 @@ def _check_vocabulary(adapter: AdapterFolder, base: BaseSpec) -> None:
         )
 
 
-def _has_tokenizer(folder: Path) -> bool:
+def has_tokenizer(folder: Path) -> bool:
+    """Whether ``folder`` holds tokenizer files (else an adapter takes its base's tokenizer)."""
     return any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model"))
 
 

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from . import runtime
+from .compat import has_tokenizer
 from .config import GEMConfig
 from .errors import GEMError, ModelResolutionError
 from .hub import DEFAULT_ADAPTER, quantized_copy, resolve_base, shipped_adapter, store_quantized
@@ -111,8 +112,8 @@ class GEMModel:
         adapter_path = Path(adapter) if adapter is not None else None
         adapter_folder = _check_adapter_folder(adapter_path, allow_pickle) if adapter_path is not None else None
         # an adapter without tokenizer files (the shipped one) takes the base's; its GEM tokens are added below
-        has_tokenizer = adapter_path is not None and (adapter_path / "tokenizer_config.json").is_file()
-        tokenizer_source = str(adapter_path) if has_tokenizer else base_path
+        own_tokenizer = adapter_path is not None and has_tokenizer(adapter_path)
+        tokenizer_source = str(adapter_path) if own_tokenizer else base_path
 
         merged_checkpoint = GEMConfig.exists(base_path)
         if config is None:
