@@ -18,6 +18,7 @@ from typing import Any
 
 from .errors import GEMConfigError
 from .pooling import POOLING_MODES
+from .scope import ADAPTER_SCOPES
 
 GEM_CONFIG_NAME = "gem_config.json"
 
@@ -69,6 +70,11 @@ class GEMConfig:
         default=None,
         metadata={"help": "Prefix sizes the embedding was trained to be cut to (encode(dimensions=d)); None: full size only."},
     )
+    adapter_scope: str = field(
+        default="all",
+        metadata={"help": "Where the adapter's LoRA applies: 'all' tokens, or 'gem': the GEM tokens and after only, "
+                          "so text without GEM tokens (generation) gets the base model's exact logits (see scope.py)."},
+    )
 
     def __post_init__(self) -> None:
         if not isinstance(self.num_gem_tokens, int) or self.num_gem_tokens < 1:
@@ -97,6 +103,8 @@ class GEMConfig:
             self.matryoshka_dims = check_matryoshka_dims(self.matryoshka_dims)
         except (TypeError, ValueError) as exc:
             raise GEMConfigError(str(exc)) from None
+        if self.adapter_scope not in ADAPTER_SCOPES:
+            raise GEMConfigError(f"adapter_scope must be one of {ADAPTER_SCOPES}, got {self.adapter_scope!r}")
 
     @property
     def gem_tokens(self) -> list[str]:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import runtime
+from . import runtime, scope
 from .compat import has_tokenizer
 from .config import GEMConfig
 from .errors import GEMError, ModelResolutionError
@@ -155,7 +155,8 @@ class GEMModel:
         _check_adapter_fits(adapter_folder, gem_model, base_path)
         gem_model.model = PeftModel.from_pretrained(gem_model.model, str(adapter_path), is_trainable=False)
         gem_model.model.eval()
-        if fuse:
+        scope.install(gem_model.model, config.adapter_scope)
+        if fuse:  # a gem-scoped adapter gets its GEM rows folded in, its LoRA stays gated (scope.py)
             gem_model.fuse_adapters()
         return gem_model
 
@@ -338,13 +339,15 @@ class GEMModel:
         """Final hidden states (batch, seq, hidden) under the GEM mask implied by ``segment_ids``."""
         mask, position_ids = self.attention_inputs(segment_ids)
         decoder = self._causal_lm.get_decoder()
-        output = decoder(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False)
+        with scope.gated(self.model, segment_ids):
+            output = decoder(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False)
         return output.last_hidden_state
 
     def forward(self, input_ids: torch.Tensor, segment_ids: torch.Tensor, **kwargs):
         """The causal LM's forward pass under the GEM mask implied by ``segment_ids``."""
         mask, position_ids = self.attention_inputs(segment_ids)
-        return self.model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, **kwargs)
+        with scope.gated(self.model, segment_ids):
+            return self.model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, **kwargs)
 
     __call__ = forward
 

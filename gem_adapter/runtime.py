@@ -4,7 +4,9 @@
 compatibility checks; ``use_adapter`` activates one adapter, or several at once (PEFT sums
 their deltas; at most one of them may carry GEM rows); ``disable_adapters`` returns the
 base's own outputs; ``using_adapter`` does a switch for one block only. Which adapter is
-active also sets ``gem.config`` (template, pooling) to that adapter's ``gem_config``.
+active also sets ``gem.config`` (template, pooling) to that adapter's ``gem_config``, and its
+``adapter_scope`` (``scope``): a ``gem``-scoped adapter's deltas reach only the GEM tokens and
+what follows them; adapters of different scopes are never active together.
 
 ``fuse_adapters`` folds the active adapters into the base weights, so inference runs at the
 plain base's speed (unfused, each LoRA layer adds two small matmuls per call: encode ran at
@@ -25,10 +27,12 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from . import scope
 from .compat import check_compatibility, spec_from_model
 from .config import GEMConfig
 from .errors import GEMError
 from .files import read_adapter
+from .scope import scope_of
 
 _REGISTRY = "_gem_adapters"
 
@@ -114,10 +118,23 @@ def fuse_adapters(gem) -> bool:
     Outputs stay the same up to float rounding (embeddings within 2e-6 on SmolLM2-135M).
     Left unfused: a 4-bit base (folding a delta into NF4 weights re-quantises them and
     changes the outputs), and a LoRA on a matrix that two modules share (a tied ``lm_head``:
-    its delta would leak into the input embedding). ``unfuse_adapters`` restores the
-    separate weights.
+    its delta would leak into the input embedding), and the LoRA of an adapter of scope ``gem``
+    (its delta applies to some tokens only; ``scope``), whose GEM rows alone are folded in.
+    ``unfuse_adapters`` restores the separate weights.
     """
-    if not active_adapters(gem) or is_quantized(gem) or _adapts_a_shared_matrix(gem):
+    if not active_adapters(gem) or is_quantized(gem):
+        return False
+    if scope_of(gem.model) != "all":
+        # The gated LoRA stays apart; the GEM rows are folded in (they only matter where GEM
+        # tokens are, and unfolded, PEFT rebuilds the whole embedding matrix on every forward
+        # pass to inject them: 2.7x the base's generation time on SmolLM2).
+        from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
+
+        for layer in _tuner_layers(gem):
+            if isinstance(layer, TrainableTokensLayer) and not layer.merged:
+                layer.merge()
+        return False
+    if _adapts_a_shared_matrix(gem):
         return False
     if not is_fused(gem):
         gem.model.merge_adapter()
@@ -210,10 +227,14 @@ def use_adapter(gem, name: str | Sequence[str] | None) -> None:
             f"adapters {with_rows} all carry GEM rows; only one GEM adapter can be active at a time - "
             "activate one GEM adapter together with plain LoRAs, or combine them with `gem stack`"
         )
+    scopes = {n: (registry.configs.get(n) or GEMConfig()).adapter_scope for n in names}  # plain LoRA: all
+    if len(set(scopes.values())) > 1:
+        raise GEMError(f"adapters of different adapter_scope cannot be active together ({scopes}); activate them one at a time")
     unfuse_adapters(gem)
     tuner = gem.model.base_model
     tuner.set_adapter(names if len(names) > 1 else names[0], inference_mode=True)
     tuner.enable_adapter_layers()
+    scope.install(gem.model, scopes[names[0]])
     gem_names = [n for n in names if registry.configs.get(n) is not None]
     gem.config = registry.configs[gem_names[0]] if gem_names else registry.base_config
     registry.disabled = False
@@ -236,6 +257,7 @@ def disable_adapters(gem) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # PEFT's note on LoRA biases; ours have none to keep
         gem.model.base_model.disable_adapter_layers()
+    scope.install(gem.model, "all")
     gem.config = registry.base_config
     registry.disabled = True
 

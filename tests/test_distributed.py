@@ -15,9 +15,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from safetensors import safe_open
-
 from conftest import save_tiny_base
+from safetensors import safe_open
 
 TESTS = Path(__file__).resolve().parent
 ACCELERATE = Path(sys.executable).with_name("accelerate")
@@ -105,3 +104,30 @@ def test_two_cpu_processes_train_the_same_adapter_as_one(tmp_path):
     checkpoint = double / "checkpoint-2"  # written by both processes, renamed into place by the main one
     assert {"rng_state_0.pth", "rng_state_1.pth", "adapter_model.safetensors"} <= {p.name for p in checkpoint.iterdir()}
     assert not (double / ".staging").exists()
+
+
+def test_fsdp_is_refused_with_the_data_parallel_alternative_named(tmp_path, monkeypatch):
+    """GEMTrainer calls the unwrapped decoder, past FSDP's root unit: FSDP must stop before training."""
+    from conftest import tiny_training_config
+    from datasets import Dataset
+    from transformers import Trainer
+
+    from gem_adapter import GEMConfigError
+    from gem_adapter.training.run import build_peft_model, make_collator
+    from gem_adapter.training.trainer import GEMTrainer
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(SENTENCES))
+    config = tiny_training_config(save_tiny_base(tmp_path / "base"), corpus, tmp_path / "out")
+    gem = build_peft_model(config)
+    create = Trainer.create_accelerator_and_postprocess
+
+    def as_under_fsdp(self):  # what accelerate reports when launched with an FSDP plugin
+        create(self)
+        self.is_fsdp_enabled = True
+
+    monkeypatch.setattr(Trainer, "create_accelerator_and_postprocess", as_under_fsdp)
+    with pytest.raises(GEMConfigError, match=r"FSDP is not supported.*accelerate launch --multi_gpu"):
+        GEMTrainer(model=gem.model, args=config, data_collator=make_collator(config, gem),
+                   processing_class=gem.tokenizer, train_dataset=Dataset.from_dict({"input_ids": [[1, 2, 3]], "index": [0]}),
+                   gem_token_ids=gem.gem_token_ids)

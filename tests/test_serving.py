@@ -505,6 +505,27 @@ def test_real_default_model_through_the_server():
         streamed = client.chat.completions.create(model="smollm2-135m", messages=messages, max_tokens=12,
                                                   temperature=0, stream=True)
         assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == expected_text
+    # the shipped adapter is scoped to the GEM tokens: what the server generates is the bare base's
+    bare = GEMModel.from_pretrained("smollm2-135m", adapter=None)
+    assert bare.generate(prompt, max_new_tokens=12, do_sample=False) == expected_text
+
+
+@pytest.mark.real_model
+def test_serve_command_serves_the_shipped_adapter_under_the_base_name(monkeypatch):
+    from click.testing import CliRunner
+
+    from gem_adapter import serving
+    from gem_adapter.cli.serve import serve_command
+
+    seen = {}
+    monkeypatch.setattr(serving, "serve", lambda model, **kwargs: seen.update(active=model.active_adapters(),
+                                                                             scope=model.config.adapter_scope))
+    result = CliRunner().invoke(serve_command, ["--base", "smollm2-135m"])
+    assert result.exit_code == 0, result.output
+    assert seen == {"active": ["default"], "scope": "gem"}
+    result = CliRunner().invoke(serve_command, ["--base", "smollm2-135m", "--no-adapter"])
+    assert result.exit_code == 0, result.output
+    assert seen["active"] == []
 
 
 # ----------------------------------------------------------------------------- gem serve

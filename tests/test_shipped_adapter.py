@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 import numpy as np
 import pytest
+import torch
 
 from conftest import save_tiny_base
 from gem_adapter import DEFAULT_MODEL
@@ -84,12 +85,20 @@ def test_default_model_embeds_with_the_shipped_adapter_unless_asked_not_to():
     from gem_adapter import GEMModel
 
     texts = ["A man is playing a guitar.", "A person plays the guitar.", "The stock market fell sharply."]
-    trained = GEMModel.from_pretrained(DEFAULT_MODEL).encode(texts)
-    bare = GEMModel.from_pretrained(DEFAULT_MODEL, adapter=None).encode(texts)
+    adapted, base = GEMModel.from_pretrained(DEFAULT_MODEL), GEMModel.from_pretrained(DEFAULT_MODEL, adapter=None)
+    trained, bare = adapted.encode(texts), base.encode(texts)
     assert not np.allclose(trained, bare, atol=1e-3)
     paraphrase, unrelated = trained[0] @ trained[1], trained[0] @ trained[2]
     # the untrained token puts every pair between 0.89 and 0.98; the shipped adapter separates them
     assert paraphrase - unrelated > 0.3, (paraphrase, unrelated)
+    # adapter_scope gem: the language model is the base's, to the last bit, over the base vocabulary
+    # (the GEM tokens' output rows are tied to their trained input rows; generation suppresses them)
+    ids = base.tokenizer("The capital of France is Paris, and the capital of Italy is", return_tensors="pt")["input_ids"]
+    vocabulary = min(adapted.gem_token_ids)
+    assert adapted.gem_token_ids == list(range(vocabulary, vocabulary + len(adapted.gem_token_ids)))
+    with torch.no_grad():
+        assert torch.equal(adapted.model(input_ids=ids).logits[..., :vocabulary],
+                           base.model(input_ids=ids).logits[..., :vocabulary])
 
 
 def test_shipped_folder_is_package_data():

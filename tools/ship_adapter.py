@@ -63,6 +63,16 @@ def main() -> None:
     print(json.dumps(scores, indent=2))
 
 
+def scope_note(adapter: Path) -> str:
+    """A paragraph on the adapter's scope (gem_config.json's adapter_scope)."""
+    scope = json.loads((adapter / "gem_config.json").read_text()).get("adapter_scope", "all")
+    if scope == "gem":
+        return ("\nScope: `adapter_scope: gem`. The LoRA applies at the GEM tokens and after them only, so a text\n"
+                "without GEM tokens (generation, MMLU, perplexity) gets exactly the base model's logits; it cannot\n"
+                "be merged or exported (serve it with `GEMModel` or `gem serve`).\n")
+    return "\nScope: `adapter_scope: all`. The LoRA applies at every token, so it also changes generation a little.\n"
+
+
 def card(args, summary: dict, scores: dict, size: int) -> str:
     splits = summary.get("train_splits_used") or []
     pairs = summary.get("train_pairs") or {}
@@ -82,7 +92,7 @@ Made with the project's default recipe, seeded, on 2 CPU cores:
 Training: {summary.get('global_step')} steps in {round(minutes / 60, 1) if minutes else '?'} min
 (train_summary.json; training_config.json holds every setting). Weights: {size:,} bytes (LoRA and
 GEM rows, float32); the tokenizer is the base's with the GEM tokens added.
-
+{scope_note(args.adapter)}
 Train splits used (supervised pairs; no dev or test split): {', '.join(splits) or 'none'}.
 Pairs per source: {', '.join(f'{k} {v}' for k, v in pairs.items()) or 'none'}. Every other
 benchmark split, and Banking77 as a whole, was never seen in training.

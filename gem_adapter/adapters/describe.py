@@ -64,6 +64,7 @@ def _gem_part(folder: Path, config: GEMConfig | None) -> dict[str, Any]:
         "pooling": config.pooling,
         "template": config.template,
         "max_length": config.max_length,
+        "adapter_scope": config.adapter_scope,
         "library_version": config.library_version,
     }
     vocab = _vocab(folder)

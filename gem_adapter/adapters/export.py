@@ -43,7 +43,7 @@ from ..config import GEMConfig
 from ..errors import GEMError
 from ..files import AdapterFolder, atomic_output, check_output, parse_dtype, read_adapter
 from ..tokens import leading_special_ids
-from .merge import recorded_base, require_gem, write_merged
+from .merge import recorded_base, require_gem, require_unscoped, write_merged
 
 FORMATS = ("sentence-transformers", "vllm", "gguf")
 EMBEDDING_TOKENIZER = "embedding-tokenizer"
@@ -110,6 +110,7 @@ def export(
     check_output(out, force, (adapter,))
     folder = read_adapter(adapter, allow_pickle=allow_pickle)
     require_gem(folder, "export")
+    require_unscoped(folder, "export")
     require_last_token_servable(folder, format)
     converter_path = gguf_converter(converter) if format == "gguf" else None
     base_name = str(base) if base is not None else recorded_base(folder)

@@ -96,6 +96,7 @@ def merge(
     check_output(out, force, (adapter,))
     folder = read_adapter(adapter, allow_pickle=allow_pickle)
     require_gem(folder, "merge")
+    require_unscoped(folder, "merge")
     base_name = str(base) if base is not None else recorded_base(folder)
     base_path, spec = spec_from_folder(base_name)
     check_output(out, force, (adapter, base_path))
@@ -114,6 +115,16 @@ def require_gem(folder: AdapterFolder, action: str) -> None:
         raise GEMError(
             f"{folder.path} is a plain LoRA adapter (no gem_config.json); {action} needs a GEM adapter - "
             "combine it with one through `gem stack` first"
+        )
+
+
+def require_unscoped(folder: AdapterFolder, action: str) -> None:
+    """Refuse an adapter of ``adapter_scope`` gem: folded into the weights, its delta would reach every token."""
+    if folder.gem_config is not None and folder.gem_config.adapter_scope != "all":
+        raise GEMError(
+            f"adapter {folder.path} has adapter_scope {folder.gem_config.adapter_scope!r} (its LoRA applies from the GEM "
+            f"tokens on only); {action} would apply it to every token - serve it with `gem serve`, or train with "
+            "adapter_scope: all"
         )
 
 

@@ -35,6 +35,7 @@ from ..files import (
     load_tensors,
     read_adapter,
 )
+from .merge import require_unscoped
 
 METHODS = ("linear", "cat", "svd", "ties", "dare_ties", "dare_linear")
 EQUAL_RANK_METHODS = ("linear", "ties", "dare_ties", "dare_linear")
@@ -104,6 +105,8 @@ def stack(
         density = 0.5
     check_output(out, force, tuple(adapters.values()))
     folders = {name: read_adapter(path, allow_pickle=allow_pickle) for name, path in adapters.items()}
+    for folder in folders.values():
+        require_unscoped(folder, "stack")
     source = _rows_source(folders, gem_rows_from)
     _check_ranks(folders, method)
     base_path, spec = spec_from_folder(base)

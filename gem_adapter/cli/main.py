@@ -61,7 +61,14 @@ def info() -> None:
     click.echo(f"cache: {cache_dir()}")
     click.echo(f"default model {alias_status(DEFAULT_MODEL)}")
     shipped = shipped_adapter(DEFAULT_MODEL)
-    click.echo(f"shipped adapter: {shipped} (used unless --no-adapter)" if shipped else "shipped adapter: none")
+    if shipped:
+        from ..config import GEMConfig
+
+        scope = GEMConfig.load(shipped).adapter_scope
+        click.echo(f"shipped adapter: {shipped} (used unless --no-adapter; adapter_scope {scope}"
+                   + (": generation is the base's)" if scope == "gem" else ")"))
+    else:
+        click.echo("shipped adapter: none")
 
 
 def torch_cuda_available() -> bool:

@@ -29,7 +29,9 @@ def _adapter_pairs(ctx, param, values: tuple[str, ...]) -> list[tuple[str, str]]
 @click.option("--base", required=True, help="Base model: folder, .gguf file, hub id or alias (e.g. smollm2-135m).")
 @click.option("--adapter", "adapters", multiple=True, metavar="NAME=PATH", callback=_adapter_pairs,
               help="An adapter folder to serve as model NAME (repeatable).")
-@click.option("--model-name", default=None, help="The name clients use for the bare base.  [default: --base]")
+@click.option("--no-adapter", is_flag=True,
+              help="Serve the bare base under its name, not the adapter shipped for the base alias smollm2-135m.")
+@click.option("--model-name", default=None, help="The name clients use for the base.  [default: --base]")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--api-key", envvar="GEM_API_KEY", default=None,
@@ -56,7 +58,7 @@ def _adapter_pairs(ctx, param, values: tuple[str, ...]) -> list[tuple[str, str]]
 @dtype_option
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
-def serve_command(base, adapters, model_name, host, port, api_key, allow_pickle, no_adapter_updates, max_inputs,
+def serve_command(base, adapters, no_adapter, model_name, host, port, api_key, allow_pickle, no_adapter_updates, max_inputs,
                   max_input_tokens, truncate, max_body_bytes, max_queue, batch_wait_ms, max_batch_inputs,
                   max_batch_tokens, max_tokens, max_concurrent_generations, load_in_4bit, dtype, log_level) -> None:
     """Serve a model with OpenAI's API: embeddings, chat and completions from the same weights.
@@ -67,6 +69,8 @@ def serve_command(base, adapters, model_name, host, port, api_key, allow_pickle,
       GEM_API_KEY=secret gem serve --base ./llama --adapter gem=runs/llama --port 9000
 
     Clients use the base's name (--model-name, default --base) or an adapter's NAME as model.
+    The base's name serves the adapter shipped for the base alias (smollm2-135m), active for
+    embeddings and generation alike, unless --no-adapter; other bases serve bare.
     """
     try:
         import fastapi  # noqa: F401
@@ -89,7 +93,10 @@ def serve_command(base, adapters, model_name, host, port, api_key, allow_pickle,
         for name, path in adapters:
             if not Path(path).exists():
                 raise GEMError(f"adapter folder {path} (--adapter {name}=...) does not exist; check the path")
-        model = GEMModel.from_pretrained(base, adapter=None, load_in_4bit=load_in_4bit, dtype=dtype)
+        from ..hub import shipped_adapter
+
+        shipped = None if no_adapter else shipped_adapter(base)
+        model = GEMModel.from_pretrained(base, adapter=shipped, load_in_4bit=load_in_4bit, dtype=dtype)
         for name, path in adapters:
             model.load_adapter(path, name, allow_pickle=allow_pickle)
         serve(model, host=host, port=port, model_name=model_name or base, api_key=api_key, allow_pickle=allow_pickle,

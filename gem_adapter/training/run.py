@@ -115,6 +115,7 @@ def build_peft_model(config: GEMTrainingConfig):
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import set_seed
 
+    from .. import scope
     from ..model import GEMModel
 
     gem = GEMModel.from_pretrained(
@@ -134,6 +135,7 @@ def build_peft_model(config: GEMTrainingConfig):
     set_seed(config.seed)  # LoRA's A matrices are drawn here: same seed, same adapter
     peft_model = get_peft_model(model, lora)
     trainable_in_float32(peft_model)
+    scope.install(peft_model, config.adapter_scope)
     gem.model = peft_model
     return gem
 

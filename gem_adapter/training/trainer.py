@@ -23,14 +23,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from trl import SFTConfig, SFTTrainer
 from transformers import TrainerCallback
+from trl import SFTConfig, SFTTrainer
 
 from ..config import GEMConfig, base_fingerprint, check_matryoshka_dims
 from ..errors import GEMConfigError
 from ..masking import Segment, attention_inputs
 from ..pooling import pool
 from ..runtime import causal_lm_of
+from ..scope import ADAPTER_SCOPES, gated
 from ..version import __version__
 from .collator import IGNORE_INDEX, VIEW_MODES, GEMCollator
 from .data import CHUNK_UNITS
@@ -76,6 +77,7 @@ class GEMTrainingConfig(SFTConfig):
     pairs_per_batch: int = field(default=16, metadata={"help": "Pairs drawn for every batch (per process) when pairs_data is set; each anchor's in-batch negatives are the other pairs' positives and hard negatives."})
     pairs_sources: list[str] | None = field(default=None, metadata={"help": "When pairs_data is a data folder: which train splits to build pairs from (sts, sick, scifact, banking). None: all of them."})
     pairs_weight: float = field(default=1.0, metadata={"help": "Weight of the pairs' InfoNCE term (temperature contrastive_temperature); 0 leaves the pairs out."})
+    adapter_scope: str = field(default="all", metadata={"help": "Where the LoRA deltas apply: 'all' tokens, or 'gem': the GEM tokens and the tokens after them only, so the text before them (and any text without GEM tokens: generation, MMLU) runs through the frozen base exactly. Plain NTP samples then train nothing; set gem_fraction 1. Not with gradient checkpointing."})
 
     def __post_init__(self) -> None:
         # The GEM collator pads and builds masks itself: TRL must neither drop our columns
@@ -106,12 +108,15 @@ class GEMTrainingConfig(SFTConfig):
         _check(self.eval_chunks >= 0, "eval_chunks", self.eval_chunks, ">= 0")
         _check(self.embed_template is None or "{text}" in self.embed_template, "embed_template", self.embed_template, "a string containing {text}")
         _check(self.base_dtype in BASE_DTYPES, "base_dtype", self.base_dtype, f"one of {BASE_DTYPES}")
+        _check(self.adapter_scope in ADAPTER_SCOPES, "adapter_scope", self.adapter_scope, f"one of {ADAPTER_SCOPES}")
         _check(self.bnb_compute_dtype in ("float32", "bfloat16", "float16"), "bnb_compute_dtype", self.bnb_compute_dtype, "float32, bfloat16 or float16")
         if self.eval_chunks == 0:
             self.eval_strategy = "no"
         if self.bf16 is None:  # TRL would default to bf16 and refuse to start on a CPU
             self.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
         super().__post_init__()
+        _check(self.adapter_scope == "all" or not self.activation_checkpointing, "adapter_scope", self.adapter_scope,
+               "'all' with activation_checkpointing (the recomputed forward runs outside the scope's gate)")
         self.gem_config()  # validates num_gem_tokens and the prefix/suffix minimums
 
     def gem_config(self) -> GEMConfig:
@@ -122,6 +127,7 @@ class GEMTrainingConfig(SFTConfig):
             template=self.embed_template,
             base_model=self.base_model,
             matryoshka_dims=self.matryoshka_dims,
+            adapter_scope=self.adapter_scope,
             library_version=__version__,
         )
 
@@ -144,8 +150,18 @@ class GEMTrainer(SFTTrainer):
             check_matryoshka_dims(self.args.matryoshka_dims, hidden_size)
         except ValueError as exc:
             raise GEMConfigError(str(exc)) from None
+        if getattr(self, "is_fsdp_enabled", False):
+            # compute_loss calls the unwrapped decoder (to project only labelled positions), past
+            # FSDP's root unit, whose sharded embedding and norm would never be gathered
+            raise GEMConfigError("FSDP is not supported by GEM training; use data parallelism (accelerate launch "
+                                 "--multi_gpu): a 4-bit 8B base takes ~6 GB on each GPU")
         if self.args.contrastive_cache_chunk and self.is_deepspeed_enabled:
             raise GEMConfigError("contrastive_cache_chunk does not work under DeepSpeed (it runs several backward passes a step); leave it unset")
+
+    @property
+    def _peft_model(self):
+        """The PEFT model being trained (where ``scope.install`` put an adapter_scope gate)."""
+        return self.accelerator.unwrap_model(self.model)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if model.training else "eval"
@@ -225,7 +241,8 @@ class GEMTrainer(SFTTrainer):
     def _token_losses(self, decoder, lm_head, implementation, dtype, input_ids, segment_ids, selected, targets) -> torch.Tensor:
         """Next-token cross-entropy of every labelled position of these rows, in row order."""
         mask, positions = attention_inputs(segment_ids, implementation, dtype)
-        hidden = decoder(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=False).last_hidden_state
+        with gated(getattr(self, "_peft_model", None), segment_ids):
+            hidden = decoder(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=False).last_hidden_state
         # Project only the positions that carry a label: GEM samples label their suffix
         # alone, and the vocabulary projection is a large share of a small model's FLOPs.
         logits = lm_head(hidden[:, :-1][selected]).float()
@@ -235,7 +252,8 @@ class GEMTrainer(SFTTrainer):
         """GEM embeddings (float32, not normalised) of rows ``start:end`` of ``inputs[name + "_input_ids"]``."""
         segments = inputs[f"{name}_segment_ids"][start:end]
         mask, positions = attention_inputs(segments, implementation, dtype)
-        hidden = decoder(input_ids=inputs[f"{name}_input_ids"][start:end], attention_mask=mask, position_ids=positions, use_cache=False).last_hidden_state
+        with gated(getattr(self, "_peft_model", None), segments):
+            hidden = decoder(input_ids=inputs[f"{name}_input_ids"][start:end], attention_mask=mask, position_ids=positions, use_cache=False).last_hidden_state
         return pool(hidden, segments, "gem").float()
 
     def _embedding_terms(self, inputs) -> list[tuple[str, float, tuple[str, ...], Any]]:

@@ -2,7 +2,7 @@
 
     python tools/bench --out bench                       # every section, CPU-sized defaults
     python tools/bench --sections encode,scaling --repeats 5
-    python tools/bench --adapter runs/smollm2-135m-cpu   # adds merged vs adapter vs base
+    python tools/bench --adapter runs/smollm2-135m-all-tokens   # adds merged vs adapter vs base
 
 One module per section (each comparison alternates its candidates repeat by repeat, so drift in the
 machine's speed hits them alike; numbers are medians with min/max over repeats):

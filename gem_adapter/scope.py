@@ -1,0 +1,137 @@
+"""Adapter scope: where in a sequence an adapter's LoRA deltas apply.
+
+``all`` (the default, and what PEFT does): at every token. ``gem``: only at the GEM
+tokens and the tokens after them (``Segment.GEM`` and ``Segment.SUFFIX``); the text
+before them runs through the frozen base unchanged. Under the GEM mask nothing before
+the GEM tokens looks at them, so with scope ``gem``:
+
+* a text without GEM tokens (generation, perplexity, MMLU) gets exactly the base model's
+  logits: the adapter cannot cost the language model anything;
+* the GEM tokens still read the whole text (they attend to the base's keys and values)
+  and the adapter learns how they summarise it.
+
+This is PEFT's activated LoRA (aLoRA) idea with the GEM tokens as the invocation; it is
+done here with hooks on every LoRA layer, because the GEM paths call the decoder directly
+with a 4D mask and segment ids, which PEFT's aLoRA offsets (computed in
+``PeftModel.forward``, counted from the end of each row) never see. A gated
+adapter cannot be folded into the base weights (the delta would then reach every token):
+``fuse``, ``gem merge`` and ``gem export`` refuse it.
+
+This module knows about PEFT modules and segment ids, nothing about tokenizers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+from .masking import Segment
+
+ADAPTER_SCOPES: tuple[str, ...] = ("all", "gem")
+_GATE_ATTRIBUTE = "_gem_scope_gate"
+
+
+class _Gate:
+    """Hooks on every LoRA layer that run its LoRA delta at the gated tokens only.
+
+    Before the layer runs, its adapters are switched off (PEFT's own switch, for that one
+    call), so the wrapped layer computes the base output alone. After it, inside ``gated``,
+    the delta ``B(A(dropout(x))) * scaling`` of each active adapter is computed for the rows
+    the gate marks and added there (as PEFT's aLoRA does), so a GEM pass pays the LoRA cost
+    of its few GEM and suffix tokens, not of the whole text. Outside ``gated`` nothing is
+    added: any forward pass that is not a GEM pass (``generate``, LM evaluation, serving)
+    is the base model's.
+    """
+
+    def __init__(self) -> None:
+        self.gate: torch.Tensor | None = None
+        self.handles: list = []
+
+    @staticmethod
+    def before_layer(module, inputs) -> None:
+        if not module._disable_adapters:
+            module._disable_adapters = True
+            module.__dict__["_gem_scope_switched"] = True
+
+    def after_layer(self, module, inputs, output: torch.Tensor) -> torch.Tensor | None:
+        if not module.__dict__.pop("_gem_scope_switched", False):
+            return None  # adapters were off before the call (disable_adapters): leave them off
+        module._disable_adapters = False
+        gate = self.gate
+        if gate is None or output is None:  # not a GEM pass, or the layer raised
+            return None
+        if output.dim() != 3 or output.shape[:2] != gate.shape:
+            raise RuntimeError(
+                f"adapter scope gate of shape {tuple(gate.shape)} does not fit a LoRA layer output of shape "
+                f"{tuple(output.shape)}"
+            )
+        rows = gate.reshape(-1).nonzero().squeeze(1).to(output.device)
+        x = inputs[0].reshape(-1, inputs[0].shape[-1]).index_select(0, rows)
+        flat = output.reshape(-1, output.shape[-1])
+        for name in module.active_adapters:
+            if name not in module.lora_A:
+                continue
+            lora_a, lora_b = module.lora_A[name], module.lora_B[name]
+            delta = lora_b(lora_a(module.lora_dropout[name](x.to(lora_a.weight.dtype)))) * module.scaling[name]
+            flat = flat.index_add(0, rows, delta.to(flat.dtype))
+        return flat.view_as(output)
+
+
+def install(model, scope: str) -> int:
+    """Apply ``scope`` to every LoRA layer of ``model`` (a PEFT model); returns the gated layer count.
+
+    ``all`` removes any gate installed before. Call it again after loading more adapters.
+    """
+    from peft.tuners.lora import LoraLayer
+
+    if scope not in ADAPTER_SCOPES:
+        raise ValueError(f"adapter scope {scope!r} is not one of {ADAPTER_SCOPES}")
+    previous = getattr(model, _GATE_ATTRIBUTE, None)
+    if previous is not None:
+        for handle in previous.handles:
+            handle.remove()
+        delattr(model, _GATE_ATTRIBUTE)
+    if scope == "all":
+        return 0
+    layers = [module for module in model.modules() if isinstance(module, LoraLayer)]
+    if not layers:
+        raise ValueError("adapter scope 'gem' needs a LoRA adapter (no LoRA layers found)")
+    if any(getattr(layer, "lora_variant", None) for layer in layers):
+        raise ValueError("adapter scope 'gem' supports plain LoRA only (not DoRA or other LoRA variants)")
+    gate = _Gate()
+    for layer in layers:
+        gate.handles.append(layer.register_forward_pre_hook(gate.before_layer))
+        gate.handles.append(layer.register_forward_hook(gate.after_layer, always_call=True))
+    object.__setattr__(model, _GATE_ATTRIBUTE, gate)
+    return len(layers)
+
+
+def scope_of(model) -> str:
+    """``gem`` when ``model`` carries a gate, else ``all``."""
+    return "gem" if getattr(model, _GATE_ATTRIBUTE, None) is not None else "all"
+
+
+def gate_from_segments(segment_ids: torch.Tensor) -> torch.Tensor:
+    """1.0 at GEM tokens and the tokens after them, 0.0 elsewhere; shape (batch, seq)."""
+    return ((segment_ids == Segment.GEM) | (segment_ids == Segment.SUFFIX)).float()
+
+
+@contextmanager
+def gated(model, segment_ids: torch.Tensor) -> Iterator[None]:
+    """Inside: a gated ``model``'s LoRA deltas apply where ``segment_ids`` marks GEM or suffix tokens.
+
+    No-op for a model without a gate. Not re-entrant across threads: one GEM forward
+    pass at a time per model (as the serving scheduler runs them).
+    """
+    gate = getattr(model, _GATE_ATTRIBUTE, None)
+    if gate is None:
+        yield
+        return
+    previous = gate.gate
+    gate.gate = gate_from_segments(segment_ids)
+    try:
+        yield
+    finally:
+        gate.gate = previous
