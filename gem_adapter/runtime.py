@@ -32,7 +32,6 @@ from .compat import check_compatibility, spec_from_model
 from .config import GEMConfig
 from .errors import GEMError
 from .files import read_adapter
-from .scope import scope_of
 
 _REGISTRY = "_gem_adapters"
 
@@ -124,7 +123,7 @@ def fuse_adapters(gem) -> bool:
     """
     if not active_adapters(gem) or is_quantized(gem):
         return False
-    if scope_of(gem.model) != "all":
+    if scope.scope_of(gem.model) != "all":
         # The gated LoRA stays apart; the GEM rows are folded in (they only matter where GEM
         # tokens are, and unfolded, PEFT rebuilds the whole embedding matrix on every forward
         # pass to inject them: 2.7x the base's generation time on SmolLM2).

@@ -14,8 +14,8 @@ This is PEFT's activated LoRA (aLoRA) idea with the GEM tokens as the invocation
 done here with hooks on every LoRA layer, because the GEM paths call the decoder directly
 with a 4D mask and segment ids, which PEFT's aLoRA offsets (computed in
 ``PeftModel.forward``, counted from the end of each row) never see. A gated
-adapter cannot be folded into the base weights (the delta would then reach every token):
-``fuse``, ``gem merge`` and ``gem export`` refuse it.
+adapter's LoRA cannot be folded into the base weights (the delta would then reach every
+token): ``fuse`` folds its GEM rows only, ``gem merge``, ``gem export`` and ``gem stack`` refuse it.
 
 This module knows about PEFT modules and segment ids, nothing about tokenizers.
 """
@@ -47,6 +47,7 @@ class _Gate:
 
     def __init__(self) -> None:
         self.gate: torch.Tensor | None = None
+        self.rows: torch.Tensor | None = None  # flat indices of the gated tokens, found once per pass
         self.handles: list = []
 
     @staticmethod
@@ -67,7 +68,7 @@ class _Gate:
                 f"adapter scope gate of shape {tuple(gate.shape)} does not fit a LoRA layer output of shape "
                 f"{tuple(output.shape)}"
             )
-        rows = gate.reshape(-1).nonzero().squeeze(1).to(output.device)
+        rows = self.rows.to(output.device)
         x = inputs[0].reshape(-1, inputs[0].shape[-1]).index_select(0, rows)
         flat = output.reshape(-1, output.shape[-1])
         for name in module.active_adapters:
@@ -129,9 +130,10 @@ def gated(model, segment_ids: torch.Tensor) -> Iterator[None]:
     if gate is None:
         yield
         return
-    previous = gate.gate
+    previous = gate.gate, gate.rows
     gate.gate = gate_from_segments(segment_ids)
+    gate.rows = gate.gate.reshape(-1).nonzero().squeeze(1)
     try:
         yield
     finally:
-        gate.gate = previous
+        gate.gate, gate.rows = previous
