@@ -3,10 +3,14 @@
     python tools/recipe_ablation.py --variant default=smollm2-135m-cpu \\
         --variant pairs=smollm2-135m-cpu:pairs_data=DATA \\
         --variant paper=smollm2-135m-paper --out runs/ablation
+    python tools/recipe_ablation.py --score shipped=gem_adapter/shipped/smollm2-135m --score bare=none
 
 A variant is ``label=recipe[:key=value;key=value]``; the word ``DATA`` in a value is the shared
 data folder. Every adapter is scored in float32 on STSBenchmark **dev** (1,500 pairs) and SICK
-**trial** (500 pairs; SICK-R's dev split), Spearman x100 of the cosine, and WikiText-2 test
+**trial** (500 pairs; SICK-R's dev split), Spearman x100 of the cosine; on Banking77's dev
+split (616 train texts, 8 per intent, that no pair uses; ``pairs.banking_dev``): classification
+accuracy of a logistic regression fitted on 4 texts per intent and scored on the other 4, and
+clustering V-measure (k-means, k = 77, mean of 5 seeds), both x100; and WikiText-2 test
 perplexity (first ``--wikitext-tokens`` tokens). Dev splits only: the test splits are for
 ``gem eval``. Writes ``ablation.json`` and ``ablation.md`` into ``--out``.
 """
@@ -27,6 +31,7 @@ import torch
 from bench_training import DATA, spearman_x100, sts_dev
 from gem_adapter import GEMModel
 from gem_adapter.evaluation.lm import evaluate_wikitext2
+from gem_adapter.training.pairs import banking_dev
 from gem_adapter.training.recipes import load_recipe, parse_overrides
 from gem_adapter.training.run import train
 
@@ -71,16 +76,40 @@ def dev_scores(base: str, adapter: Path | None, wikitext_tokens: int, sts_pairs:
     row["sts_dev"] = spearman_x100(model, left, right, gold)
     left, right, gold = (part[:sts_pairs] for part in sick_trial())
     row["sick_trial"] = spearman_x100(model, left, right, gold)
+    row.update(banking_dev_scores(model))
     if wikitext_tokens:
         ppl = evaluate_wikitext2(model, DATA, max_tokens=wikitext_tokens, show_progress=False)
         row["wikitext2_ppl"] = round(ppl["perplexity"], 3)
     return row
 
 
+def banking_dev_scores(model: GEMModel) -> dict[str, float]:
+    """Banking77 dev classification accuracy and clustering V-measure, x100 (module docstring)."""
+    from sklearn.cluster import KMeans
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import v_measure_score
+
+    dev = banking_dev(DATA)
+    texts, labels = [t for t, _ in dev], np.array([label for _, label in dev])
+    vectors = model.encode(texts, batch_size=64, show_progress_bar=False)
+    rank = np.zeros(len(dev), dtype=int)  # a text's place among its intent's dev texts
+    for label in set(labels):
+        rank[labels == label] = np.arange(int((labels == label).sum()))
+    fit, score = rank % 2 == 0, rank % 2 == 1
+    classifier = LogisticRegression(max_iter=1000).fit(vectors[fit], labels[fit])
+    accuracy = float((classifier.predict(vectors[score]) == labels[score]).mean())
+    clusters = len(set(labels))
+    v_measure = np.mean([v_measure_score(labels, KMeans(clusters, n_init=1, random_state=seed).fit_predict(vectors))
+                         for seed in range(5)])
+    return {"banking_dev_acc": round(100 * accuracy, 2), "banking_dev_vmeasure": round(100 * float(v_measure), 2)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", default="smollm2-135m")
-    parser.add_argument("--variant", action="append", required=True, help="label=recipe[:k=v;k=v]; repeatable")
+    parser.add_argument("--variant", action="append", default=[], help="label=recipe[:k=v;k=v]; repeatable")
+    parser.add_argument("--score", action="append", default=[],
+                        help="label=adapter folder (or 'none': the bare base): score a trained adapter, no training")
     parser.add_argument("--set", dest="common", action="append", default=[], help="key=value for every variant")
     parser.add_argument("--wikitext-tokens", type=int, default=40000)
     parser.add_argument("--sts-pairs", type=int, default=None, help="first N dev pairs only (smoke runs)")
@@ -90,11 +119,20 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     results: dict = {"machine": machine(), "common": args.common, "rows": [],
                      "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-    for spec in args.variant:
-        label, recipe, overrides = parse_variant(spec)
-        row = {"variant": label, "recipe": recipe, "overrides": overrides,
-               **train_and_score(args.base, recipe, args.out / label, args.common + overrides, args.wikitext_tokens,
-                                 args.sts_pairs)}
+    if not args.variant and not args.score:
+        parser.error("give at least one --variant or --score")
+    jobs = [("train", spec) for spec in args.variant] + [("score", spec) for spec in args.score]
+    for kind, spec in jobs:
+        if kind == "score":
+            label, _, folder = spec.partition("=")
+            adapter = None if folder == "none" else Path(folder)
+            row = {"variant": label, "recipe": f"trained: {folder}", "overrides": [], "train_seconds": "",
+                   **dev_scores(args.base, adapter, args.wikitext_tokens, args.sts_pairs)}
+        else:
+            label, recipe, overrides = parse_variant(spec)
+            row = {"variant": label, "recipe": recipe, "overrides": overrides,
+                   **train_and_score(args.base, recipe, args.out / label, args.common + overrides, args.wikitext_tokens,
+                                     args.sts_pairs)}
         results["rows"].append(row)
         print(row, flush=True)
         (args.out / "ablation.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -104,10 +142,11 @@ def main() -> None:
 
 def markdown(results: dict) -> str:
     lines = [f"Machine: {results['machine']}. Common settings: {' '.join(results['common']) or 'none'}.", "",
-             "| variant | recipe and overrides | STSB dev | SICK trial | WikiText-2 ppl | train s |", "|---|---|---|---|---|---|"]
+             "| variant | recipe and overrides | STSB dev | SICK trial | B77 dev acc | B77 dev V | WikiText-2 ppl | train s |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in results["rows"]:
         lines.append(f"| {r['variant']} | {r['recipe']} {' '.join(r['overrides'])} | {r['sts_dev']} | {r['sick_trial']} | "
-                     f"{r.get('wikitext2_ppl', '')} | {r['train_seconds']} |")
+                     f"{r.get('banking_dev_acc', '')} | {r.get('banking_dev_vmeasure', '')} | {r.get('wikitext2_ppl', '')} | {r['train_seconds']} |")
     return "\n".join(lines)
 
 

@@ -19,12 +19,14 @@ copies (``../shared/data``, see its README), never from a dev, trial or test spl
 | ``sts`` | STSBenchmark ``sts-train.csv`` | sentence1 -> sentence2 where score >= 4.0 |
 | ``sick`` | SICK ``SICK_train.txt`` | sentence_A -> sentence_B judged ENTAILMENT; negative: a B judged CONTRADICTION for the same A |
 | ``scifact`` | SciFact ``claims_train.csv`` + ``corpus.jsonl`` | claim -> title + text of each cited abstract (cut near 1,000 characters) |
-| ``banking`` | Banking77 ``train.csv`` | a text -> another text of the same intent, 16 disjoint pairs per intent |
+| ``banking`` | Banking77 ``train.csv`` | a text -> another text of the same intent, up to 16 disjoint pairs per intent |
 
 The other splits are read only to *exclude*: a train row whose text also appears in an
 evaluation split of the same benchmark is dropped (STSBenchmark: dev/test sentences;
 SciFact: dev claims and test queries; Banking77: test texts; SICK: the exact pair, since
-SICK reuses its sentences across splits). MTEB's SICK-R scores all 9,927 SICK pairs,
+SICK reuses its sentences across splits). Banking77 has no dev split, so ``banking_dev``
+carves a fixed one from train (8 texts per intent, the same for every seed), and the
+``banking`` pairs never use those texts: recipes are compared on it. MTEB's SICK-R scores all 9,927 SICK pairs,
 train included, so a model trained with ``sick`` is not zero-shot on SICK-R;
 ``train_splits_used`` lists it for that reason. Every draw is seeded: the same
 ``seed`` gives the same file.
@@ -66,7 +68,8 @@ TRAIN_SPLIT_TASKS: dict[str, tuple[str, ...]] = {
     "Banking77 train": ("Banking77Classification", "Banking77Clustering"),
 }
 STS_MIN_SCORE = 4.0
-BANKING_PAIRS_PER_LABEL = 16  # the rarest Banking77 intent has 35 train texts: 17 disjoint pairs
+BANKING_PAIRS_PER_LABEL = 16  # the rarest Banking77 intent has 35 train texts: 27 after the dev draw, 13 pairs
+BANKING_DEV_PER_LABEL = 8
 DOCUMENT_CHARS = 1000
 
 
@@ -311,15 +314,37 @@ def cut_text(text: str, limit: int = DOCUMENT_CHARS) -> str:
     return head.rsplit(" ", 1)[0] if " " in head else head
 
 
-def _banking(data_dir: Path, rng: random.Random, decontaminate: bool) -> list[dict[str, str]]:
-    rows = _rows(_file(data_dir, "classification/banking77/train.csv"))
+def banking_dev(data_dir: str | Path) -> list[tuple[str, str]]:
+    """Banking77's dev split, carved from train: ``(text, intent)``, 8 per intent, intent by intent.
+
+    The draw is fixed (not the pairs' seed), so every recipe is scored on the same texts,
+    and the ``banking`` pairs leave them out. Texts that also appear in the test split are
+    never drawn.
+    """
+    by_label = _banking_train(Path(data_dir))
+    rng = random.Random("gem-pairs/banking-dev")
+    dev: list[tuple[str, str]] = []
+    for label in sorted(by_label):
+        dev.extend((text, label) for text in rng.sample(by_label[label], BANKING_DEV_PER_LABEL))
+    return dev
+
+
+def _banking_train(data_dir: Path, decontaminate: bool = True) -> dict[str, list[str]]:
+    """Banking77 train texts by intent, in file order (``decontaminate``: none of the test split's)."""
     held_out: set[str] = set()
     if decontaminate:
         held_out = {_norm(r["text"]) for r in _rows(_file(data_dir, "classification/banking77/test.csv"))}
     by_label: dict[str, list[str]] = defaultdict(list)
-    for row in rows:
+    for row in _rows(_file(data_dir, "classification/banking77/train.csv")):
         if _norm(row["text"]) not in held_out:
             by_label[row["category"]].append(row["text"])
+    return by_label
+
+
+def _banking(data_dir: Path, rng: random.Random, decontaminate: bool) -> list[dict[str, str]]:
+    by_label = _banking_train(data_dir, decontaminate)
+    dev = {text for text, _label in banking_dev(data_dir)}
+    by_label = {label: [t for t in texts if t not in dev] for label, texts in by_label.items()}
     labels = sorted(by_label)
     rng.shuffle(labels)
     rounds: list[list[dict[str, str]]] = []
