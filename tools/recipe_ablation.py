@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from bench_training import DATA, spearman_x100, sts_dev
+
 from gem_adapter import GEMModel
 from gem_adapter.evaluation.lm import evaluate_wikitext2
 from gem_adapter.training.pairs import banking_dev
