@@ -127,7 +127,7 @@ def output_cases(command: str, prefix: list[str], file_output: bool) -> list:
         ]
     else:
         hint = {"train": "pass --force to replace it, --resume to continue it",
-                "eval": "pass --force to write into it"}.get(command, "pass --force to replace it")
+                "eval": "pass --force to replace its run, --resume to continue it"}.get(command, "pass --force to replace it")
         cases += [
             (f"{command}-out-is-a-file", prefix + ["--out", "{work}/a-file"], None,
              "output {work}/a-file is a file, not a folder; choose another --out"),

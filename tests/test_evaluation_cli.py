@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import SHARED_DATA
@@ -52,7 +53,7 @@ def test_eval_on_a_tiny_model_writes_results_summary_and_report(tiny_model_folde
     assert "tiny-llama GEM (untrained)" in report
 
     again = CliRunner().invoke(eval_command, args)
-    assert again.exit_code == 1 and f"output folder {out} is not empty; pass --force to write into it, or choose another --out" in again.output
+    assert again.exit_code == 1 and f"output folder {out} is not empty; pass --force to replace its run, --resume to continue it, or choose another --out" in again.output
 
 
 def test_eval_errors_are_one_line(tiny_model_folder, tmp_path):
@@ -224,3 +225,121 @@ def test_eval_with_an_adapter_marks_in_domain_tasks_and_pairs_the_lm_difference(
     assert change["se"] == pytest.approx((sum((x - mean) ** 2 for x in d) / 4 / 4) ** 0.5)
     report = (out / "report.md").read_text()
     assert "| GEM − PromptEOL |" in report and "## Language model: adapter minus base decoder" in report
+
+
+def test_embedding_store_keeps_vectors_across_encoders_and_embeds_only_what_is_missing(tmp_path):
+    from conftest import tiny_gem
+
+    from gem_adapter.evaluation import EmbeddingStore, GEMEncoder
+
+    gem = tiny_gem("llama")
+    seen: list[list[str]] = []
+    original = gem.encode
+    gem.encode = lambda texts, **kwargs: seen.append(list(texts)) or original(texts, **kwargs)
+    # a text whose digest ends in a zero byte: numpy's S32 would drop it and miss the text on reload
+    zero_tail = next(f"text {i}" for i in range(10_000) if EmbeddingStore.key(f"text {i}")[-1] == 0)
+    texts = ["a", "bb bb", "ccc ccc ccc", zero_tail, "a"]
+    first = GEMEncoder(gem, name="t", pooling="mean", store=EmbeddingStore(tmp_path / "store", chunk=2)).encode(texts)
+    assert seen == [["ccc ccc ccc", zero_tail], ["bb bb", "a"]]  # longest first, two per file
+    assert sorted(p.name for p in (tmp_path / "store").iterdir()) == ["chunk-000000.npz", "chunk-000001.npz"]
+
+    seen.clear()
+    reopened = EmbeddingStore(tmp_path / "store", chunk=2)
+    assert len(reopened) == 4
+    again = GEMEncoder(gem, name="t", pooling="mean", store=reopened).encode(texts + ["dd"])
+    assert seen == [["dd"]]
+    np.testing.assert_array_equal(again[:5], first)
+    np.testing.assert_allclose(again[5], original(["dd"], pooling="mean")[0], atol=1e-6)
+    assert (tmp_path / "store" / "chunk-000002.npz").is_file()
+
+
+class Interrupted(BaseException):
+    """Stands for the process being killed (a BaseException: nothing on the way catches it)."""
+
+
+@needs_data
+def test_an_interrupted_eval_resumes_to_the_uninterrupted_result(tiny_model_folder, tmp_path, monkeypatch):
+    from gem_adapter.evaluation import EmbeddingStore, lm
+    from gem_adapter.model import GEMModel
+
+    adapter = random_adapter(tiny_model_folder, tmp_path / "adapter")
+    embedded: list[str] = []
+    original_encode = GEMModel.encode
+
+    def counting_encode(self, texts, **kwargs):
+        embedded.extend(texts)
+        return original_encode(self, texts, **kwargs)
+
+    monkeypatch.setattr(GEMModel, "encode", counting_encode)
+
+    def args(out):
+        return ["--base", str(tiny_model_folder), "--adapter", str(adapter), "--tasks", "STSBenchmark,SciFact,ARC-Easy,WikiText-2",
+                "--baselines", "prompteol", "--out", str(out), "--data-dir", str(SHARED_DATA), "--limit", "4"]
+
+    whole = CliRunner().invoke(eval_command, args(tmp_path / "whole"))
+    assert whole.exit_code == 0, whole.output
+    expected = json.loads((tmp_path / "whole" / "summary.json").read_text())
+
+    # 1. killed in the GEM row, after the PromptEOL row and the GEM row's first saved file
+    out = tmp_path / "stopped"
+    original_add, stored = EmbeddingStore.add, []
+
+    def add_then_die(self, texts, vectors):
+        original_add(self, texts, vectors)
+        if self.folder.name == "gem":
+            stored.extend(texts)
+            raise Interrupted
+
+    monkeypatch.setattr(EmbeddingStore, "add", add_then_die)
+    with pytest.raises(Interrupted):
+        CliRunner().invoke(eval_command, args(out))
+    assert (out / "results" / "prompteol.json").is_file() and not (out / "results" / "gem.json").exists()
+    monkeypatch.setattr(EmbeddingStore, "add", original_add)
+
+    # 2. resumed, killed again in the base decoder's WikiText-2 (its ARC-Easy is done)
+    original_wikitext = lm.evaluate_wikitext2
+    monkeypatch.setattr(lm, "evaluate_wikitext2", lambda *a, **k: (_ for _ in ()).throw(Interrupted()))
+    embedded.clear()
+    with pytest.raises(Interrupted):
+        CliRunner().invoke(eval_command, args(out) + ["--resume"])
+    assert embedded and not set(embedded) & set(stored)  # the GEM file made before the kill was not redone
+    assert list(json.loads((out / "results" / "lm-base.json").read_text())) == ["ARC-Easy"]
+
+    # 3. resumed to the end: no text embedded again, ARC-Easy only for the adapter's decoder
+    monkeypatch.setattr(lm, "evaluate_wikitext2", original_wikitext)
+    arc_runs = []
+    original_arc = lm.evaluate_arc_easy
+    monkeypatch.setattr(lm, "evaluate_arc_easy", lambda *a, **k: arc_runs.append(1) or original_arc(*a, **k))
+    embedded.clear()
+    done = CliRunner().invoke(eval_command, args(out) + ["--resume"])
+    assert done.exit_code == 0, done.output
+    assert embedded == [] and len(arc_runs) == 1
+    summary = json.loads((out / "summary.json").read_text())
+    assert [row.get("resumed", False) for row in summary["models"]] == [True, True]
+    for mine, theirs in zip(summary["models"], expected["models"]):
+        assert mine["mteb"] == pytest.approx(theirs["mteb"], abs=1e-4)
+        assert mine["lm"] == theirs["lm"]  # same items, same decoder: the same numbers
+    assert summary["lm_difference"] == expected["lm_difference"]
+
+
+@needs_data
+def test_resume_refuses_a_run_that_measured_something_else(tiny_model_folder, tmp_path):
+    adapter = random_adapter(tiny_model_folder, tmp_path / "adapter")
+    out = tmp_path / "eval"
+    args = ["--base", str(tiny_model_folder), "--adapter", str(adapter), "--tasks", "STSBenchmark", "--baselines", "",
+            "--out", str(out), "--data-dir", str(SHARED_DATA), "--limit", "4"]
+    runner = CliRunner()
+    result = runner.invoke(eval_command, args + ["--resume"])
+    assert result.exit_code == 1 and f"resume: {out} holds no run.json of an earlier run; start it without --resume" in result.output
+    assert runner.invoke(eval_command, args).exit_code == 0
+    result = runner.invoke(eval_command, args + ["--resume", "--seed", "1"])
+    assert result.exit_code == 1
+    assert f"cannot resume {out}: it was started with seed 0, this call has 1; repeat the first call's arguments" in result.output
+    (adapter / "adapter_model.safetensors").write_bytes(b"retrained")
+    result = runner.invoke(eval_command, args + ["--resume"])
+    assert result.exit_code == 1 and "it was started with adapter_digest" in result.output
+    result = runner.invoke(eval_command, args + ["--resume", "--force"])
+    assert result.exit_code == 2 and "--resume and --force contradict each other" in result.output
+    (out / "embedding-cache" / "gem" / "chunk-000099.npz").write_bytes(b"stale")  # --force must not keep it
+    assert runner.invoke(eval_command, args[:2] + args[4:] + ["--force"]).exit_code == 0
+    assert not (out / "embedding-cache" / "gem" / "chunk-000099.npz").exists()

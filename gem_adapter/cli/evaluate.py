@@ -42,7 +42,11 @@ def _names(value: str | None) -> list[str] | None:
               help="Output folder for results/, summary.json, report.md, report.png.")
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None,
               help="Offline benchmark copies  [default: $GEM_DATA, else <repo>/../shared/data]")
-@click.option("--force", is_flag=True, help="Write into an existing, non-empty --out folder.")
+@click.option("--force", is_flag=True,
+              help="Replace the run in an existing, non-empty --out folder (its results/ and embedding cache go).")
+@click.option("--resume", is_flag=True,
+              help="Continue the stopped run in --out: same arguments; finished rows and LM tasks and every "
+                   "embedding already made are kept.")
 @click.option("--overwrite", "overwrite_alias", is_flag=True, hidden=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the subsets.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Embedding batch size.")
@@ -52,8 +56,8 @@ def _names(value: str | None) -> list[str] | None:
 @click.option("--limit", type=click.IntRange(min=1), default=None, hidden=True,
               help="Cap every task at this many items (smoke tests).")
 @library_errors
-def eval_command(base, adapter, no_adapter, suite, tasks, baselines, out_dir, data_dir, force, overwrite_alias, seed, batch_size,
-                 allow_pickle, dtype, limit) -> None:
+def eval_command(base, adapter, no_adapter, suite, tasks, baselines, out_dir, data_dir, force, resume, overwrite_alias,
+                 seed, batch_size, allow_pickle, dtype, limit) -> None:
     """Compare GEM with the decoder baselines and MiniLM on MTEB tasks and LM metrics.
 
     \b
@@ -66,18 +70,22 @@ def eval_command(base, adapter, no_adapter, suite, tasks, baselines, out_dir, da
     Examples:
       gem eval --out runs/eval-quick
       gem eval --adapter runs/gem-adapter --suite full --out runs/eval-full
+      gem eval --adapter runs/gem-adapter --suite full --out runs/eval-full --resume
       gem eval --tasks STSBenchmark,MMLU --baselines mean,minilm --out runs/eval-sts
     """
     from ..evaluation import run_evaluation, table_rows
 
     force = pick_alias(force, overwrite_alias, "--force", "--overwrite")
+    if resume and force:
+        raise click.UsageError("--resume and --force contradict each other; pick one")
     # the validation pass: the output folder and the adapter, before any model loads
-    check_output(out_dir, folder=True, force=force, force_hint="pass --force to write into it")
+    check_output(out_dir, folder=True, force=force or resume,
+                 force_hint="pass --force to replace its run, --resume to continue it")
     adapter = chosen_adapter(base, adapter, no_adapter)
     summary = run_evaluation(
         base=base, adapter=adapter, suite=suite, tasks=_names(tasks), baselines=_names(baselines),
         out_dir=out_dir, data_dir=data_dir, seed=seed, batch_size=batch_size, limit=limit, overwrite=force,
-        allow_pickle=allow_pickle, dtype=dtype,
+        resume=resume, allow_pickle=allow_pickle, dtype=dtype,
     )
     header, rows = table_rows(summary)
     click.echo(" | ".join(header))

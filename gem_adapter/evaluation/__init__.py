@@ -15,7 +15,13 @@ sentence-transformers, matplotlib) are imported only when a function needs them.
 
 from __future__ import annotations
 
-from .encoder import PROMPTEOL_TEMPLATE, GEMEncoder, load_minilm, minilm_path
+from .encoder import (
+    PROMPTEOL_TEMPLATE,
+    EmbeddingStore,
+    GEMEncoder,
+    load_minilm,
+    minilm_path,
+)
 from .lm import (
     LM_TASKS,
     choice_loglikelihoods,
@@ -48,6 +54,7 @@ __all__ = [
     "MTEB_TASKS",
     "PROMPTEOL_TEMPLATE",
     "SUITES",
+    "EmbeddingStore",
     "GEMEncoder",
     "LoadedTask",
     "MissingDataError",

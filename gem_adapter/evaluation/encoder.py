@@ -9,6 +9,7 @@ wrapper's, not the model's.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from pathlib import Path
@@ -31,6 +32,9 @@ class GEMEncoder:
     (the default) each text is embedded once per wrapper, across calls and tasks: the
     Banking77 classification and clustering tasks share their test texts. The wrapper's
     pooling, template and truncation are fixed, so a text's embedding does not change.
+    With ``store`` (an ``EmbeddingStore``) that cache also lives on disk: new texts are
+    embedded longest first in chunks of ``store.chunk`` and each chunk is saved before the
+    next starts, so an interrupted evaluation loses at most one chunk (``gem eval --resume``).
     """
 
     def __init__(
@@ -45,6 +49,7 @@ class GEMEncoder:
         revision: str | None = None,
         show_progress_bar: bool = True,
         cache: bool = True,
+        store: EmbeddingStore | None = None,
     ) -> None:
         self.model = gem_model
         self.name = name
@@ -55,7 +60,8 @@ class GEMEncoder:
         self.revision = revision or "local"
         self.show_progress_bar = show_progress_bar
         self._meta = None
-        self._cache: dict[str, np.ndarray] | None = {} if cache else None
+        self._cache: dict[str, np.ndarray] | None = {} if cache or store is not None else None
+        self.store = store
 
     @property
     def mteb_model_meta(self):
@@ -87,22 +93,45 @@ class GEMEncoder:
             return np.zeros((0, self.model.embedding_dim), dtype=np.float32)
         known = self._cache if self._cache is not None else {}
         unique = [text for text in dict.fromkeys(texts) if text not in known]
+        if self.store is not None:
+            unique = [text for text in unique if not self.store.lookup(text, into=known)]
         batch_size = self.batch_size or int(kwargs.get("batch_size") or 32)
         new: dict[str, np.ndarray] = {}
-        if unique:
-            vectors = np.asarray(self.model.encode(
-                unique,
-                batch_size=batch_size,
-                normalize=True,
-                pooling=self.pooling,
-                template=self.template,
-                max_length=self.max_length,
-                show_progress_bar=self.show_progress_bar and len(unique) >= 64,
-            ))
-            new = dict(zip(unique, vectors))
-            if self._cache is not None:
-                self._cache.update(new)
+        if unique and self.store is None:
+            new = dict(zip(unique, self._embed(unique, batch_size, self.show_progress_bar and len(unique) >= 64)))
+        elif unique:
+            new = self._embed_into_store(unique, batch_size)
+        if self._cache is not None:
+            self._cache.update(new)
         return np.stack([new[text] if text in new else known[text] for text in texts])
+
+    def _embed(self, texts: list[str], batch_size: int, show_progress_bar: bool) -> np.ndarray:
+        return np.asarray(self.model.encode(
+            texts, batch_size=batch_size, normalize=True, pooling=self.pooling, template=self.template,
+            max_length=self.max_length, show_progress_bar=show_progress_bar,
+        ), dtype=np.float32)
+
+    def _embed_into_store(self, texts: list[str], batch_size: int) -> dict[str, np.ndarray]:
+        # longest first, as GEMModel.encode orders one call, so chunks pad little; one bar for all
+        ordered = sorted(texts, key=len, reverse=True)
+        bar = None
+        if self.show_progress_bar and len(ordered) >= 64:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(ordered), desc=f"embedding ({self.name})", unit="text")
+        new: dict[str, np.ndarray] = {}
+        try:
+            for start in range(0, len(ordered), self.store.chunk):
+                chunk = ordered[start:start + self.store.chunk]
+                vectors = self._embed(chunk, batch_size, False)
+                self.store.add(chunk, vectors)
+                new.update(zip(chunk, vectors))
+                if bar is not None:
+                    bar.update(len(chunk))
+        finally:
+            if bar is not None:
+                bar.close()
+        return new
 
     def similarity(self, embeddings1, embeddings2):
         """Cosine similarity matrix (mteb's implementation)."""
@@ -118,6 +147,62 @@ class GEMEncoder:
 
     def __repr__(self) -> str:
         return f"GEMEncoder(name={self.name!r}, pooling={self.pooling!r}, template={self.template!r})"
+
+
+class EmbeddingStore:
+    """Embeddings of one encoder saved on disk, keyed by the SHA-256 of each text.
+
+    A folder of ``chunk-NNNNNN.npz`` files (``keys``: uint8 rows of 32-byte digests, not
+    numpy's ``S32``, which drops a digest's trailing zero bytes; ``vectors``: float32), each written to a temporary name and renamed, so a file that exists is whole.
+    It belongs to one row of one run (model, pooling, template, truncation fixed): the run's
+    manifest, not the store, checks that a resumed run asks for the same thing.
+    """
+
+    def __init__(self, folder: str | os.PathLike, chunk: int = 256) -> None:
+        if chunk < 1:
+            raise GEMError(f"embedding store chunk must be >= 1, got {chunk}")
+        self.folder = Path(folder)
+        self.chunk = int(chunk)
+        self._vectors: dict[bytes, np.ndarray] = {}
+        self._files = 0
+        if self.folder.is_dir():
+            for path in sorted(self.folder.glob("chunk-*.npz")):
+                with np.load(path) as saved:
+                    keys, vectors = saved["keys"], saved["vectors"]
+                if keys.ndim != 2 or keys.shape[1] != 32 or len(keys) != len(vectors):
+                    raise GEMError(f"{path} is not an embedding chunk of this version; delete it and resume")
+                self._vectors.update(zip((key.tobytes() for key in keys), vectors))
+                self._files += 1
+
+    def __len__(self) -> int:
+        return len(self._vectors)
+
+    @staticmethod
+    def key(text: str) -> bytes:
+        """The digest a text is stored under."""
+        return hashlib.sha256(text.encode("utf-8")).digest()
+
+    def lookup(self, text: str, into: dict[str, np.ndarray]) -> bool:
+        """Put ``text``'s stored vector in ``into``; False when it is not stored."""
+        vector = self._vectors.get(self.key(text))
+        if vector is None:
+            return False
+        into[text] = vector
+        return True
+
+    def add(self, texts: list[str], vectors: np.ndarray) -> None:
+        """Save one chunk of embeddings (a new file, renamed into place when complete)."""
+        if len(texts) != len(vectors):
+            raise GEMError(f"embedding store: {len(texts)} texts for {len(vectors)} vectors")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        keys = [self.key(text) for text in texts]
+        target = self.folder / f"chunk-{self._files:06d}.npz"
+        partial = target.with_name(target.name + ".partial")
+        with open(partial, "wb") as handle:
+            np.savez(handle, keys=np.frombuffer(b"".join(keys), dtype=np.uint8).reshape(-1, 32), vectors=np.asarray(vectors, dtype=np.float32))
+        os.replace(partial, target)
+        self._files += 1
+        self._vectors.update(zip(keys, np.asarray(vectors, dtype=np.float32)))
 
 
 def texts_from_dataloader(inputs) -> list[str]:

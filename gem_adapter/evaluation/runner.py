@@ -15,14 +15,25 @@ holds adapter-minus-base per LM task with the paired standard error over the sam
 If the adapter folder's ``train_summary.json`` names ``train_splits_used`` (MTEB tasks whose
 train split the recipe trained on), those tasks are in-domain: ``summary["in_domain_tasks"]``,
 and every row gets ``mteb_average_held_out`` (the other tasks) beside ``mteb_average`` (all).
+
+Resumable: ``run.json`` records what the run measures (base, adapter and a digest of its
+files, suite, tasks, rows, seed, dtype, data); every decoder row keeps its embeddings in
+``embedding-cache/<row>/`` as they are made, a finished row's scores in ``results/<row>.json``
+and each finished LM task in ``results/lm-<decoder>.json``. ``resume=True`` continues a run
+that was stopped: it checks ``run.json`` against the call, keeps what is finished and embeds
+only texts not yet stored. The full suite takes hours on a 2-core CPU; this lets it finish
+across several sittings.
 """
 
 from __future__ import annotations
 
 import datetime
+import functools
+import hashlib
 import json
 import os
 import re
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -49,6 +60,9 @@ LM_FILES = {
     "HellaSwag": ("lm/hellaswag/hellaswag_val_full.txt.bz2",),
     "WikiText-2": ("lm/wikitext2/wiki.test.tokens",),
 }
+MANIFEST = "run.json"
+EMBEDDING_CACHE = "embedding-cache"
+RESULTS = "results"
 
 
 @dataclass(frozen=True)
@@ -120,6 +134,7 @@ def run_evaluation(
     batch_size: int = 32,
     limit: int | None = None,
     overwrite: bool = False,
+    resume: bool = False,
     show_progress: bool = True,
     allow_pickle: bool = False,
     dtype: str = "auto",
@@ -130,6 +145,8 @@ def run_evaluation(
     (default all; the GEM row always runs); ``limit`` caps every task at that many items.
     ``allow_pickle`` lets the adapter's weights be a pickled ``adapter_model.bin`` (it can run code).
     ``dtype`` is the weights' dtype (``GEMModel.from_pretrained``; ``auto``: bfloat16 where native).
+    ``overwrite`` replaces the run in a non-empty ``out_dir``; ``resume`` continues it (the same
+    arguments, checked against ``run.json``; ``batch_size`` and ``show_progress`` may differ).
     """
     started = time.monotonic()
     if suite not in SUITES:
@@ -140,7 +157,15 @@ def run_evaluation(
     directory = resolve_data_dir(data_dir)
     check_data(mteb_tasks, lm_tasks, directory)
     used = train_splits_used(adapter)
-    out = prepare_out_dir(out_dir, overwrite)
+    manifest = {
+        "base": str(base), "adapter": str(adapter) if adapter is not None else None,
+        "adapter_digest": adapter_digest(adapter), "suite": suite, "limit": limit, "seed": seed,
+        "mteb_tasks": list(mteb_tasks), "lm_tasks": list(lm_tasks), "baselines": list(rows),
+        "data_dir": str(directory.resolve()),
+    }
+    out = prepare_out_dir(out_dir, overwrite, resume=resume)
+    if resume:
+        check_manifest(out, manifest)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     notes: dict[str, str] = {}
@@ -155,20 +180,32 @@ def run_evaluation(
     base_model = GEMModel.from_pretrained(base, adapter=None, dtype=dtype)
     gem_model = (GEMModel.from_pretrained(base, adapter, allow_pickle=allow_pickle, dtype=dtype) if adapter is not None
                  else base_model)
+    manifest["dtype"] = str(base_model.model.dtype).removeprefix("torch.")
+    if resume:
+        check_manifest(out, manifest)
+    else:
+        write_json_atomic(out / MANIFEST, manifest)
     base_name = _short(base)
     lm_only_base = bool(lm_tasks) and adapter is not None and not {"mean", "last", "prompteol"} & set(rows)
     specs = _row_specs(rows, base_name, adapter, base_model, gem_model, lm_only_base)
 
     summary_rows: list[dict[str, Any]] = []
-    results_dir = out / "results"
+    results_dir = out / RESULTS
     results_dir.mkdir(exist_ok=True)
     for spec in specs:
         tick = time.monotonic()
         row = {key: spec[key] for key in ("id", "display", "description", "lm_key", "lm_label")}
         if loaded and spec.get("embeds", True):
-            result = _evaluate_mteb(spec, loaded, plan, batch_size, show_progress)
             path = results_dir / f"{spec['id']}.json"
-            result.to_disk(path)
+            result = finished_row(path, mteb_tasks) if resume else None
+            if result is None:
+                result = _evaluate_mteb(spec, loaded, plan, batch_size, show_progress,
+                                        store_dir=out / EMBEDDING_CACHE / spec["id"])
+                partial = path.with_suffix(".partial.json")  # renamed when whole: resume trusts what exists
+                result.to_disk(partial)
+                os.replace(partial, path)
+            else:
+                row["resumed"] = True
             row["results_file"] = str(path.relative_to(out))
             row["mteb"] = {tr.task_name: 100.0 * float(tr.get_score()) for tr in result.task_results}
             row.update(mteb_averages(row["mteb"], used))
@@ -185,8 +222,10 @@ def run_evaluation(
             if not any(r["lm_key"] == key for r in summary_rows) or id(decoders[key]) in measured:
                 continue
             tick = time.monotonic()
-            result = run_lm_tasks(decoders[key], lm_tasks, directory, plan, seed=seed, show_progress=show_progress)
-            (results_dir / f"lm-{key}.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+            path = results_dir / f"lm-{key}.json"
+            done = finished_lm_tasks(path, lm_tasks) if resume else {}
+            result = run_lm_tasks(decoders[key], lm_tasks, directory, plan, seed=seed, show_progress=show_progress,
+                                  done=done, on_task=functools.partial(write_json_atomic, path))
             measured[id(decoders[key])] = (key, result)
             lm_seconds[key] = time.monotonic() - tick
         for key in ("base", "gem"):
@@ -331,22 +370,102 @@ def check_data(mteb_tasks: Sequence[str], lm_tasks: Sequence[str], directory: Pa
             require_files(name, directory, LM_FILES[name])
 
 
-def prepare_out_dir(out_dir: str | os.PathLike, overwrite: bool) -> Path:
-    """Create ``out_dir``; refuse an existing non-empty one unless ``overwrite``."""
+def prepare_out_dir(out_dir: str | os.PathLike, overwrite: bool, resume: bool = False) -> Path:
+    """Create ``out_dir``; refuse an existing non-empty one unless ``overwrite`` (which first
+    removes an earlier run's ``results/`` and embedding cache) or ``resume`` (which needs
+    the earlier run's ``run.json``)."""
     out = Path(out_dir)
+    if overwrite and resume:
+        raise GEMError("overwrite and resume contradict each other; pick one")
     if out.exists() and not out.is_dir():
         raise GEMError(f"output path {out} exists and is not a folder; choose another --out")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise GEMError(f"output folder {out} is not empty; choose another --out or pass --overwrite")
+    if resume:
+        if not (out / MANIFEST).is_file():
+            raise GEMError(f"resume: {out} holds no {MANIFEST} of an earlier run; start it without --resume")
+        return out
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise GEMError(f"output folder {out} is not empty; choose another --out, pass --overwrite to replace "
+                           "its run or --resume to continue it")
+        for name in (RESULTS, EMBEDDING_CACHE):  # an earlier run's pieces must not leak into a later --resume
+            if (out / name).is_dir():
+                shutil.rmtree(out / name)
+        (out / MANIFEST).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     return out
 
 
+def adapter_digest(adapter: str | os.PathLike | None) -> str | None:
+    """SHA-256 over an adapter folder's weight and config files (None without a folder):
+    a resumed run must not mix scores of an adapter that was retrained in place."""
+    if adapter is None or not Path(adapter).is_dir():
+        return None
+    digest = hashlib.sha256()
+    for path in sorted(Path(adapter).iterdir()):
+        if path.is_file() and (path.name.startswith("adapter_") or path.name.endswith("config.json")):
+            digest.update(path.name.encode("utf-8"))
+            with open(path, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()
+
+
+def check_manifest(out: Path, manifest: dict[str, Any]) -> None:
+    """Refuse to resume a run that measured something else (named: the first field that differs)."""
+    path = out / MANIFEST
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise GEMError(f"{path} is not readable JSON ({error}); start the run again with --overwrite") from None
+    for key, value in manifest.items():
+        if recorded.get(key) != value:
+            raise GEMError(f"cannot resume {out}: it was started with {key} {recorded.get(key)!r}, this call has "
+                           f"{value!r}; repeat the first call's arguments or choose another --out")
+
+
+def finished_row(path: Path, mteb_tasks: Sequence[str]):
+    """A row's saved ``ModelResult`` when it holds every task asked for, else None."""
+    if not path.is_file():
+        return None
+    from mteb.results import ModelResult
+
+    try:
+        result = ModelResult.from_disk(path)
+    except (OSError, ValueError) as error:
+        raise GEMError(f"{path} is not a readable mteb result ({error}); delete it and resume") from None
+    return result if sorted(r.task_name for r in result.task_results) == sorted(mteb_tasks) else None
+
+
+def finished_lm_tasks(path: Path, lm_tasks: Sequence[str]) -> dict[str, Any]:
+    """The LM tasks already measured for one decoder (``results/lm-<decoder>.json``)."""
+    if not path.is_file():
+        return {}
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as error:
+        raise GEMError(f"{path} is not readable JSON ({error}); delete it and resume") from None
+    return {task: saved[task] for task in lm_tasks if task in saved}
+
+
+def write_json_atomic(path: Path, value: Any) -> None:
+    """Write JSON under a temporary name and rename it: a file that exists is whole."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(value, indent=2, default=str), encoding="utf-8")
+    os.replace(partial, path)
+
+
 def run_lm_tasks(gem, lm_tasks: Sequence[str], directory: Path, plan: Suite, *, seed: int = 0,
-                 batch_size: int = 8, show_progress: bool = True) -> dict[str, Any]:
-    """The selected LM-preservation metrics of one decoder under a suite's sizes."""
-    results: dict[str, Any] = {}
+                 batch_size: int = 8, show_progress: bool = True, done: dict[str, Any] | None = None,
+                 on_task=None) -> dict[str, Any]:
+    """The selected LM-preservation metrics of one decoder under a suite's sizes.
+
+    ``done``: tasks measured before (kept, not run again); ``on_task(results)`` is called
+    with everything measured so far after each task (the runner saves it).
+    """
+    results: dict[str, Any] = dict(done or {})
     for task in lm_tasks:
+        if task in results:
+            continue
         if task == "MMLU":
             subjects = lm_metrics.mmlu_subjects(directory)[:: plan.mmlu_subject_step]
             if plan.mmlu_subjects is not None:
@@ -366,7 +485,9 @@ def run_lm_tasks(gem, lm_tasks: Sequence[str], directory: Path, plan: Suite, *, 
         else:
             results[task] = lm_metrics.evaluate_wikitext2(gem, directory, max_length=plan.window, stride=plan.stride,
                                                           max_tokens=plan.wikitext_tokens, show_progress=show_progress)
-    return results
+        if on_task is not None:
+            on_task({name: results[name] for name in lm_tasks if name in results})
+    return {name: results[name] for name in lm_tasks}
 
 
 def _task_limits(name: str, plan: Suite) -> dict[str, Any]:
@@ -428,14 +549,16 @@ def evaluate_mteb(encoder, loaded: Sequence[Any], *, batch_size: int = 32, show_
     return result
 
 
-def _evaluate_mteb(spec: dict[str, Any], loaded, plan: Suite, batch_size: int, show_progress: bool):
-    from .encoder import GEMEncoder, load_minilm
+def _evaluate_mteb(spec: dict[str, Any], loaded, plan: Suite, batch_size: int, show_progress: bool,
+                   store_dir: Path | None = None):
+    from .encoder import EmbeddingStore, GEMEncoder, load_minilm
 
-    if spec["id"] == "minilm":
+    if spec["id"] == "minilm":  # 22M parameters: minutes for the full suite, not worth a cache
         encoder = load_minilm(max_seq_length=plan.embed_max_tokens)
     else:
         encoder = GEMEncoder(spec["model"], name=spec["mteb_name"], pooling=spec["pooling"], template=spec["template"],
-                             max_length=plan.embed_max_tokens, show_progress_bar=show_progress)
+                             max_length=plan.embed_max_tokens, show_progress_bar=show_progress,
+                             store=EmbeddingStore(store_dir) if store_dir is not None else None)
     return evaluate_mteb(encoder, loaded, batch_size=batch_size, show_progress=show_progress)
 
 
