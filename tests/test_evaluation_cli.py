@@ -263,11 +263,11 @@ def test_an_interrupted_eval_resumes_to_the_uninterrupted_result(tiny_model_fold
     from gem_adapter.model import GEMModel
 
     adapter = random_adapter(tiny_model_folder, tmp_path / "adapter")
-    embedded: list[str] = []
+    embedded: list[tuple[str, str]] = []  # (pooling, text) of every text a decoder embeds
     original_encode = GEMModel.encode
 
     def counting_encode(self, texts, **kwargs):
-        embedded.extend(texts)
+        embedded.extend((kwargs.get("pooling"), text) for text in texts)
         return original_encode(self, texts, **kwargs)
 
     monkeypatch.setattr(GEMModel, "encode", counting_encode)
@@ -280,7 +280,7 @@ def test_an_interrupted_eval_resumes_to_the_uninterrupted_result(tiny_model_fold
     assert whole.exit_code == 0, whole.output
     expected = json.loads((tmp_path / "whole" / "summary.json").read_text())
 
-    # 1. killed in the GEM row, after the PromptEOL row and the GEM row's first saved file
+    # 1. killed in the GEM row (embedded before the baselines) after its first saved file
     out = tmp_path / "stopped"
     original_add, stored = EmbeddingStore.add, []
 
@@ -293,7 +293,7 @@ def test_an_interrupted_eval_resumes_to_the_uninterrupted_result(tiny_model_fold
     monkeypatch.setattr(EmbeddingStore, "add", add_then_die)
     with pytest.raises(Interrupted):
         CliRunner().invoke(eval_command, args(out))
-    assert (out / "results" / "prompteol.json").is_file() and not (out / "results" / "gem.json").exists()
+    assert not list((out / "results").iterdir()) and not (out / "embedding-cache" / "prompteol").exists()
     monkeypatch.setattr(EmbeddingStore, "add", original_add)
 
     # 2. resumed, killed again in the base decoder's WikiText-2 (its ARC-Easy is done)
@@ -302,7 +302,8 @@ def test_an_interrupted_eval_resumes_to_the_uninterrupted_result(tiny_model_fold
     embedded.clear()
     with pytest.raises(Interrupted):
         CliRunner().invoke(eval_command, args(out) + ["--resume"])
-    assert embedded and not set(embedded) & set(stored)  # the GEM file made before the kill was not redone
+    gem_texts = {text for pooling, text in embedded if pooling == "gem"}
+    assert gem_texts and not gem_texts & set(stored)  # the GEM file saved before the kill was not redone
     assert list(json.loads((out / "results" / "lm-base.json").read_text())) == ["ARC-Easy"]
 
     # 3. resumed to the end: no text embedded again, ARC-Easy only for the adapter's decoder

@@ -192,7 +192,9 @@ def run_evaluation(
     summary_rows: list[dict[str, Any]] = []
     results_dir = out / RESULTS
     results_dir.mkdir(exist_ok=True)
-    for spec in specs:
+    # the GEM row is embedded first, the baselines after it: a run stopped part way (the full
+    # suite takes hours on a CPU) has the number it was started for; the table keeps spec order
+    for spec in sorted(specs, key=lambda spec: spec["id"] != "gem"):
         tick = time.monotonic()
         row = {key: spec[key] for key in ("id", "display", "description", "lm_key", "lm_label")}
         if loaded and spec.get("embeds", True):
@@ -211,6 +213,8 @@ def run_evaluation(
             row.update(mteb_averages(row["mteb"], used))
         row["seconds"] = time.monotonic() - tick
         summary_rows.append(row)
+    order = [spec["id"] for spec in specs]
+    summary_rows.sort(key=lambda row: order.index(row["id"]))
 
     shared: list[list[str]] = []
     lm_seconds: dict[str, float] = {}
