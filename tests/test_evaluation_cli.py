@@ -323,6 +323,19 @@ def test_an_interrupted_eval_resumes_to_the_uninterrupted_result(tiny_model_fold
     assert summary["lm_difference"] == expected["lm_difference"]
 
 
+def test_ctrl_c_says_how_to_resume(tiny_model_folder, tmp_path, monkeypatch):
+    import gem_adapter.evaluation as evaluation
+
+    def interrupted(**kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluation, "run_evaluation", interrupted)
+    out = tmp_path / "eval"
+    result = CliRunner().invoke(eval_command, ["--base", str(tiny_model_folder), "--out", str(out)])
+    assert result.exit_code == 130
+    assert f"stopped; what is finished stays in {out}: run the same command with --resume to continue" in result.output
+
+
 @needs_data
 def test_resume_refuses_a_run_that_measured_something_else(tiny_model_folder, tmp_path):
     adapter = random_adapter(tiny_model_folder, tmp_path / "adapter")

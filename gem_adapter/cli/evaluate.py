@@ -82,11 +82,16 @@ def eval_command(base, adapter, no_adapter, suite, tasks, baselines, out_dir, da
     check_output(out_dir, folder=True, force=force or resume,
                  force_hint="pass --force to replace its run, --resume to continue it")
     adapter = chosen_adapter(base, adapter, no_adapter)
-    summary = run_evaluation(
-        base=base, adapter=adapter, suite=suite, tasks=_names(tasks), baselines=_names(baselines),
-        out_dir=out_dir, data_dir=data_dir, seed=seed, batch_size=batch_size, limit=limit, overwrite=force,
-        resume=resume, allow_pickle=allow_pickle, dtype=dtype,
-    )
+    try:
+        summary = run_evaluation(
+            base=base, adapter=adapter, suite=suite, tasks=_names(tasks), baselines=_names(baselines),
+            out_dir=out_dir, data_dir=data_dir, seed=seed, batch_size=batch_size, limit=limit, overwrite=force,
+            resume=resume, allow_pickle=allow_pickle, dtype=dtype,
+        )
+    except KeyboardInterrupt:
+        click.echo(f"stopped; what is finished stays in {out_dir}: run the same command with --resume to continue",
+                   err=True)
+        raise click.exceptions.Exit(130) from None
     header, rows = table_rows(summary)
     click.echo(" | ".join(header))
     for cells in rows:
