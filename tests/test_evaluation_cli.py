@@ -324,7 +324,7 @@ def test_an_interrupted_eval_resumes_to_the_uninterrupted_result(tiny_model_fold
 
 
 def test_ctrl_c_says_how_to_resume(tiny_model_folder, tmp_path, monkeypatch):
-    import gem_adapter.evaluation as evaluation
+    from gem_adapter import evaluation
 
     def interrupted(**kwargs):
         raise KeyboardInterrupt
