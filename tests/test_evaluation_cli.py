@@ -321,6 +321,10 @@ def test_an_interrupted_eval_resumes_to_the_uninterrupted_result(tiny_model_fold
         assert mine["mteb"] == pytest.approx(theirs["mteb"], abs=1e-4)
         assert mine["lm"] == theirs["lm"]  # same items, same decoder: the same numbers
     assert summary["lm_difference"] == expected["lm_difference"]
+    saved = json.loads((out / "results" / "lm-base.json").read_text())
+    assert summary["lm_seconds"]["base"] == pytest.approx(sum(saved[task]["seconds"] for task in saved))  # both sittings
+    report = (out / "report.md").read_text()
+    assert "(the last sitting of a resumed run)" in report and report.count("(finished in an earlier sitting)") == 2
 
 
 def test_ctrl_c_says_how_to_resume(tiny_model_folder, tmp_path, monkeypatch):

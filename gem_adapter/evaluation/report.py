@@ -120,7 +120,8 @@ def render_markdown(summary: dict[str, Any]) -> str:
         f"- suite: **{summary['suite']}**" + (f" (every task capped at {summary['limit']} items)" if summary.get("limit") else ""),
         f"- base model: `{summary['base']}`; adapter: `{summary.get('adapter') or 'none (GEM token untrained)'}`",
         f"- seed: {summary['seed']}; data: `{summary['data_dir']}`",
-        f"- wall time: {summary['wall_time_s']:.0f} s; finished {summary['finished']}",
+        f"- wall time: {summary['wall_time_s']:.0f} s"
+        + (" (the last sitting of a resumed run)" if summary.get("resumed") else "") + f"; finished {summary['finished']}",
         f"- versions: {', '.join(f'{k} {v}' for k, v in summary.get('versions', {}).items())}",
         "",
         "| " + " | ".join(header) + " |",
@@ -177,7 +178,7 @@ def render_markdown(summary: dict[str, Any]) -> str:
     for row in summary["models"]:
         lines.append(f"- **{row['display']}**: {row['description']}"
                      + (f"; results `{row['results_file']}`" if row.get("results_file") else "")
-                     + f"; {row['seconds']:.0f} s")
+                     + f"; {row['seconds']:.0f} s" + (" (finished in an earlier sitting)" if row.get("resumed") else ""))
     for key, seconds in summary.get("lm_seconds", {}).items():
         lines.append(f"- language-model metrics of the {key} decoder: {seconds:.0f} s")
     lines.append("")

@@ -206,8 +206,9 @@ def run_evaluation(
                 partial = path.with_suffix(".partial.json")  # renamed when whole: resume trusts what exists
                 result.to_disk(partial)
                 os.replace(partial, path)
-            else:
+            else:  # its time is what mteb recorded in the sitting that finished it
                 row["resumed"] = True
+                tick -= sum(float(tr.evaluation_time or 0.0) for tr in result.task_results)
             row["results_file"] = str(path.relative_to(out))
             row["mteb"] = {tr.task_name: 100.0 * float(tr.get_score()) for tr in result.task_results}
             row.update(mteb_averages(row["mteb"], used))
@@ -231,7 +232,7 @@ def run_evaluation(
             result = run_lm_tasks(decoders[key], lm_tasks, directory, plan, seed=seed, show_progress=show_progress,
                                   done=done, on_task=functools.partial(write_json_atomic, path))
             measured[id(decoders[key])] = (key, result)
-            lm_seconds[key] = time.monotonic() - tick
+            lm_seconds[key] = sum(float(values.get("seconds", 0.0)) for values in result.values())
         for key in ("base", "gem"):
             group = [r for r in summary_rows if r["lm_key"] and decoders[r["lm_key"]] is decoders[key]]
             if len(group) > 1 and [r["display"] for r in group] not in shared:
@@ -239,7 +240,8 @@ def run_evaluation(
         for row in summary_rows:
             if row["lm_key"] and id(decoders[row["lm_key"]]) in measured:
                 row["lm_source"], full = measured[id(decoders[row["lm_key"]])]
-                row["lm"] = {task: {k: v for k, v in values.items() if k != "correct"} for task, values in full.items()}
+                row["lm"] = {task: {k: v for k, v in values.items() if k not in ("correct", "seconds")}
+                             for task, values in full.items()}
                 accuracies = [row["lm"][t][lm_metrics_key(t)] for t in ("MMLU", "ARC-Easy", "HellaSwag") if t in row["lm"]]
                 row["lm_average"] = sum(accuracies) / len(accuracies) if accuracies else None
         for task in lm_tasks:
@@ -251,7 +253,7 @@ def run_evaluation(
         "base": str(base), "adapter": str(adapter) if adapter is not None else None, "suite": suite,
         "limit": limit, "seed": seed, "data_dir": str(directory), "mteb_tasks": list(mteb_tasks),
         "lm_tasks": list(lm_tasks), "models": summary_rows, "notes": notes, "lm_shared_rows": shared,
-        "lm_seconds": lm_seconds, "lm_difference": lm_difference,
+        "lm_seconds": lm_seconds, "lm_difference": lm_difference, "resumed": resume,
         "train_splits_used": used, "in_domain_tasks": [t for t in mteb_tasks if used is not None and t in used],
         "dtype": str(base_model.model.dtype).removeprefix("torch."),
         "versions": _versions(), "wall_time_s": 0.0,
@@ -470,6 +472,7 @@ def run_lm_tasks(gem, lm_tasks: Sequence[str], directory: Path, plan: Suite, *, 
     for task in lm_tasks:
         if task in results:
             continue
+        tick = time.monotonic()
         if task == "MMLU":
             subjects = lm_metrics.mmlu_subjects(directory)[:: plan.mmlu_subject_step]
             if plan.mmlu_subjects is not None:
@@ -489,6 +492,7 @@ def run_lm_tasks(gem, lm_tasks: Sequence[str], directory: Path, plan: Suite, *, 
         else:
             results[task] = lm_metrics.evaluate_wikitext2(gem, directory, max_length=plan.window, stride=plan.stride,
                                                           max_tokens=plan.wikitext_tokens, show_progress=show_progress)
+        results[task]["seconds"] = time.monotonic() - tick  # kept in the task's file: true across sittings
         if on_task is not None:
             on_task({name: results[name] for name in lm_tasks if name in results})
     return {name: results[name] for name in lm_tasks}
