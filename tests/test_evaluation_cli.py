@@ -279,6 +279,8 @@ def test_an_interrupted_eval_resumes_to_the_uninterrupted_result(tiny_model_fold
     whole = CliRunner().invoke(eval_command, args(tmp_path / "whole"))
     assert whole.exit_code == 0, whole.output
     expected = json.loads((tmp_path / "whole" / "summary.json").read_text())
+    texts_per_row = {row: len({text for p, text in embedded if p == pooling}) for row, pooling in (("gem", "gem"),
+                                                                                                   ("prompteol", "last"))}
 
     # 1. killed in the GEM row (embedded before the baselines) after its first saved file
     out = tmp_path / "stopped"
@@ -314,6 +316,8 @@ def test_an_interrupted_eval_resumes_to_the_uninterrupted_result(tiny_model_fold
     embedded.clear()
     done = CliRunner().invoke(eval_command, args(out) + ["--resume"])
     assert done.exit_code == 0, done.output
+    assert (f"resuming {out}: finished rows: gem, prompteol; embeddings stored: gem {texts_per_row['gem']}, "
+            f"prompteol {texts_per_row['prompteol']}; LM tasks of the base decoder finished: ARC-Easy") in done.output
     assert embedded == [] and len(arc_runs) == 1
     summary = json.loads((out / "summary.json").read_text())
     assert [row.get("resumed", False) for row in summary["models"]] == [True, True]

@@ -82,6 +82,10 @@ def eval_command(base, adapter, no_adapter, suite, tasks, baselines, out_dir, da
     check_output(out_dir, folder=True, force=force or resume,
                  force_hint="pass --force to replace its run, --resume to continue it")
     adapter = chosen_adapter(base, adapter, no_adapter)
+    if resume and (out_dir / "run.json").is_file():
+        from ..evaluation.runner import describe_progress
+
+        click.echo(describe_progress(out_dir), err=True)
     try:
         summary = run_evaluation(
             base=base, adapter=adapter, suite=suite, tasks=_names(tasks), baselines=_names(baselines),

@@ -416,6 +416,39 @@ def adapter_digest(adapter: str | os.PathLike | None) -> str | None:
     return digest.hexdigest()
 
 
+def run_progress(out_dir: str | os.PathLike) -> dict[str, Any]:
+    """What a stopped run in ``out_dir`` has kept: finished rows, stored embeddings per row,
+    finished LM tasks per decoder (what ``resume`` will not do again)."""
+    import numpy as np
+
+    out = Path(out_dir)
+    rows = sorted(path.stem for path in (out / RESULTS).glob("*.json")
+                  if not path.stem.startswith("lm-") and not path.stem.endswith(".partial"))
+    stored = {}
+    for folder in sorted(p for p in (out / EMBEDDING_CACHE).glob("*") if p.is_dir()):
+        count = 0
+        for chunk in folder.glob("chunk-*.npz"):
+            with np.load(chunk) as saved:
+                count += len(saved["keys"])
+        stored[folder.name] = count
+    lm_done = {path.stem.removeprefix("lm-"): list(finished_lm_tasks(path, LM_TASKS))
+               for path in sorted((out / RESULTS).glob("lm-*.json"))}
+    return {"finished_rows": rows, "stored_embeddings": stored, "finished_lm_tasks": lm_done}
+
+
+def describe_progress(out_dir: str | os.PathLike) -> str:
+    """One line for a user about to resume ``out_dir``."""
+    progress = run_progress(out_dir)
+    parts = [f"finished rows: {', '.join(progress['finished_rows']) or 'none'}"]
+    if progress["stored_embeddings"]:
+        parts.append("embeddings stored: " + ", ".join(f"{row} {count:,}" for row, count
+                                                         in progress["stored_embeddings"].items()))
+    for decoder, tasks in progress["finished_lm_tasks"].items():
+        if tasks:
+            parts.append(f"LM tasks of the {decoder} decoder finished: {', '.join(tasks)}")
+    return f"resuming {out_dir}: " + "; ".join(parts)
+
+
 def check_manifest(out: Path, manifest: dict[str, Any]) -> None:
     """Refuse to resume a run that measured something else (named: the first field that differs)."""
     path = out / MANIFEST
