@@ -207,7 +207,48 @@ class GEMModel:
         ``matryoshka_dims`` (``config.matryoshka_dims`` lists the sizes they were trained at).
         """
         single = isinstance(sentences, str)
-        texts = [sentences] if single else list(sentences)
+        vectors = self._encode_many([sentences] if single else sentences, (pooling or self.config.pooling,),
+                                    batch_size=batch_size, normalize=normalize, max_length=max_length,
+                                    show_progress_bar=show_progress_bar, template=template, dimensions=dimensions)[0]
+        if single:
+            vectors = vectors[0]
+        if convert_to_tensor or not convert_to_numpy:
+            return vectors
+        return vectors.numpy()
+
+    def encode_poolings(
+        self,
+        sentences: Sequence[str],
+        poolings: Sequence[str] = ("mean", "last"),
+        batch_size: int = 32,
+        normalize: bool = True,
+        max_length: int | None = None,
+        show_progress_bar: bool | None = None,
+        template: str | None = None,
+        dimensions: int | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Several poolings of the plain texts from one forward pass: ``{pooling: (n, hidden)}``,
+        each what ``encode(sentences, pooling=pooling, ...)`` returns.
+
+        Only ``mean`` and ``last`` read the same token rows (``gem`` appends the GEM tokens), so
+        only they combine: the two decoder baselines of an evaluation pay one pass, not two.
+        """
+        if isinstance(sentences, str):
+            raise TypeError("encode_poolings takes a list of texts; use encode() for one text")
+        chosen = tuple(dict.fromkeys(poolings))
+        if not chosen or any(mode not in ("mean", "last") for mode in chosen):
+            raise ValueError(f"poolings must be 'mean' and/or 'last' (one forward pass serves both), got {tuple(poolings)!r}")
+        vectors = self._encode_many(sentences, chosen, batch_size=batch_size, normalize=normalize,
+                                    max_length=max_length, show_progress_bar=show_progress_bar, template=template,
+                                    dimensions=dimensions)
+        return {mode: block.numpy() for mode, block in zip(chosen, vectors)}
+
+    def _encode_many(
+        self, sentences: Sequence[str], poolings: tuple[str, ...], *, batch_size: int, normalize: bool,
+        max_length: int | None, show_progress_bar: bool | None, template: str | None, dimensions: int | None,
+    ) -> list[torch.Tensor]:
+        """``encode``'s checks and batches; one (n, d) float32 tensor per pooling, one forward pass."""
+        texts = list(sentences)
         for index, text in enumerate(texts):
             if not isinstance(text, str):
                 raise TypeError(f"sentences[{index}] is {type(text).__name__}, expected str")
@@ -219,9 +260,10 @@ class GEMModel:
             if not 1 <= dimensions <= self.embedding_dim:
                 raise ValueError(f"dimensions must lie in 1..{self.embedding_dim} (the embedding size), got {dimensions}")
             dimensions = int(dimensions)
-        pooling = pooling or self.config.pooling
-        if pooling not in POOLING_MODES:
-            raise ValueError(f"pooling {pooling!r} is not one of {POOLING_MODES}")
+        for mode in poolings:
+            if mode not in POOLING_MODES:
+                raise ValueError(f"pooling {mode!r} is not one of {POOLING_MODES}")
+        pooling = poolings[0]  # decides the token rows; encode_poolings only combines mean and last
         if max_length is None:
             max_length = self.config.max_length
         if isinstance(max_length, bool) or not isinstance(max_length, numbers.Integral):
@@ -244,27 +286,20 @@ class GEMModel:
             show_progress_bar = len(texts) >= 256
         from tqdm.auto import tqdm
 
-        vectors: list[torch.Tensor] = [None] * len(rows)  # type: ignore[list-item]
+        vectors: list[list[torch.Tensor]] = [[None] * len(rows) for _ in poolings]  # type: ignore[list-item]
         starts = range(0, len(order), batch_size)
         for start in tqdm(starts, desc="Embedding", unit="batch", disable=not show_progress_bar):
             batch = order[start : start + batch_size]
-            embedded = self._embed_rows([rows[i] for i in batch], pooling)
-            if dimensions is not None:
-                embedded = embedded[:, :dimensions]
-            if normalize:
-                embedded = torch.nn.functional.normalize(embedded, dim=-1)
-            for index, vector in zip(batch, embedded):
-                vectors[index] = vector
-
-        if vectors:
-            result = torch.stack(vectors).float().cpu()
-        else:
-            result = torch.zeros((0, dimensions or self.embedding_dim), dtype=torch.float32)
-        if single:
-            result = result[0]
-        if convert_to_tensor or not convert_to_numpy:
-            return result
-        return result.numpy()
+            for slot, embedded in zip(vectors, self._embed_rows([rows[i] for i in batch], poolings)):
+                if dimensions is not None:
+                    embedded = embedded[:, :dimensions]
+                if normalize:
+                    embedded = torch.nn.functional.normalize(embedded, dim=-1)
+                for index, vector in zip(batch, embedded):
+                    slot[index] = vector
+        if not rows:
+            return [torch.zeros((0, dimensions or self.embedding_dim), dtype=torch.float32) for _ in poolings]
+        return [torch.stack(slot).float().cpu() for slot in vectors]
 
     def encode_query(self, queries: str | Sequence[str], instruction: str | None = None, **kwargs) -> np.ndarray | torch.Tensor:
         """Embed search queries, optionally under a task instruction (``QUERY_TEMPLATE``).
@@ -328,12 +363,12 @@ class GEMModel:
         return tokenize(before), tokenize(after)
 
     @torch.inference_mode()
-    def _embed_rows(self, rows: list[tuple[list[int], list[int]]], pooling: str) -> torch.Tensor:
+    def _embed_rows(self, rows: list[tuple[list[int], list[int]]], poolings: tuple[str, ...]) -> list[torch.Tensor]:
         input_ids, segment_ids = pad_batch(
             [r[0] for r in rows], [r[1] for r in rows], self.tokenizer.pad_token_id, side="right"
         )
         hidden = self.hidden_states(input_ids.to(self.device), segment_ids.to(self.device))
-        return pool(hidden, segment_ids.to(hidden.device), pooling)
+        return [pool(hidden, segment_ids.to(hidden.device), mode) for mode in poolings]
 
     def hidden_states(self, input_ids: torch.Tensor, segment_ids: torch.Tensor) -> torch.Tensor:
         """Final hidden states (batch, seq, hidden) under the GEM mask implied by ``segment_ids``."""

@@ -365,3 +365,25 @@ def test_resume_refuses_a_run_that_measured_something_else(tiny_model_folder, tm
     (out / "embedding-cache" / "gem" / "chunk-000099.npz").write_bytes(b"stale")  # --force must not keep it
     assert runner.invoke(eval_command, args[:2] + args[4:] + ["--force"]).exit_code == 0
     assert not (out / "embedding-cache" / "gem" / "chunk-000099.npz").exists()
+
+
+@needs_data
+def test_the_last_token_row_reuses_the_mean_rows_forward_pass(tiny_model_folder, tmp_path, monkeypatch):
+    from gem_adapter.model import GEMModel
+
+    poolings_embedded = []
+    original = GEMModel.encode
+    monkeypatch.setattr(GEMModel, "encode", lambda self, texts, **kw: poolings_embedded.append(kw.get("pooling"))
+                        or original(self, texts, **kw))
+
+    def run(baselines, out):
+        args = ["--base", str(tiny_model_folder), "--no-adapter", "--tasks", "STSBenchmark", "--baselines", baselines,
+                "--out", str(out), "--data-dir", str(SHARED_DATA), "--limit", "6"]
+        assert CliRunner().invoke(eval_command, args).exit_code == 0
+        return {row["id"]: row["mteb"] for row in json.loads((out / "summary.json").read_text())["models"]}
+
+    both = run("mean,last", tmp_path / "both")
+    assert "last" not in poolings_embedded  # its vectors came with the mean row's pass
+    alone = run("last", tmp_path / "alone")
+    assert "last" in poolings_embedded
+    assert both["last"] == pytest.approx(alone["last"], abs=1e-4)

@@ -7,6 +7,7 @@ import pytest
 from conftest import SHARED_DATA, tiny_gem
 from scipy.stats import spearmanr
 
+from gem_adapter.errors import GEMError
 from gem_adapter.evaluation import GEMEncoder, evaluate_mteb, load_minilm, load_task
 
 needs_data = pytest.mark.skipif(not (SHARED_DATA / "README.md").is_file(), reason=f"no evaluation data at {SHARED_DATA}")
@@ -40,6 +41,24 @@ def test_encoder_embeds_each_text_once_across_calls():
     np.testing.assert_allclose(second, original(["b", "c"], pooling="mean"), atol=1e-5)
     GEMEncoder(gem, name="test/tiny", pooling="mean", cache=False).encode([{"text": ["a"]}])
     assert seen[-1] == ["a"]
+
+
+def test_a_mean_row_fills_the_last_rows_store_from_the_same_pass(tmp_path):
+    from gem_adapter.evaluation import EmbeddingStore
+
+    gem = tiny_gem("llama")
+    texts = ["one text", "another, longer text", "one text"]
+    mean = GEMEncoder(gem, name="t", pooling="mean", store=EmbeddingStore(tmp_path / "mean"),
+                      also={"last": EmbeddingStore(tmp_path / "last")})
+    np.testing.assert_allclose(mean.encode(texts), gem.encode(texts, pooling="mean"), atol=1e-6)
+    calls = []
+    original = gem.encode
+    gem.encode = lambda *args, **kwargs: calls.append(args) or original(*args, **kwargs)
+    last = GEMEncoder(gem, name="t", pooling="last", store=EmbeddingStore(tmp_path / "last")).encode(texts)
+    assert calls == []  # every text was in the store already
+    np.testing.assert_allclose(last, original(texts, pooling="last"), atol=1e-6)
+    with pytest.raises(GEMError, match="only a mean or last row without a template"):
+        GEMEncoder(gem, name="t", pooling="gem", store=EmbeddingStore(tmp_path / "g"), also={"last": EmbeddingStore(tmp_path / "x")})
 
 
 def test_encoder_satisfies_mtebs_protocol():

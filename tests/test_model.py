@@ -76,6 +76,21 @@ def test_poolings_differ(gem):
     assert not np.allclose(by_mode["gem"], by_mode["last"])
 
 
+def test_encode_poolings_gives_each_poolings_encode_from_one_pass(gem):
+    texts = ["a short one", "a somewhat longer text than that", "x"]
+    passes = []
+    original = gem.hidden_states
+    gem.hidden_states = lambda *args: passes.append(1) or original(*args)
+    both = gem.encode_poolings(texts, batch_size=8, max_length=6, dimensions=16)
+    assert len(passes) == 1 and list(both) == ["mean", "last"]
+    for mode, vectors in both.items():
+        np.testing.assert_allclose(vectors, gem.encode(texts, pooling=mode, max_length=6, dimensions=16), atol=1e-6)
+    with pytest.raises(ValueError, match="poolings must be 'mean' and/or 'last'"):
+        gem.encode_poolings(texts, poolings=("gem", "mean"))
+    with pytest.raises(TypeError, match="takes a list of texts"):
+        gem.encode_poolings("one text")
+
+
 def test_empty_string_is_embedded_from_gem_tokens_alone(gem):
     vector = gem.encode("")
     assert np.isfinite(vector).all() and abs(np.linalg.norm(vector) - 1) < 1e-6

@@ -35,6 +35,8 @@ class GEMEncoder:
     With ``store`` (an ``EmbeddingStore``) that cache also lives on disk: new texts are
     embedded longest first in chunks of ``store.chunk`` and each chunk is saved before the
     next starts, so an interrupted evaluation loses at most one chunk (``gem eval --resume``).
+    ``also`` maps other poolings to their stores: a ``mean`` row without a template fills the
+    ``last`` row's store from the same forward pass (``GEMModel.encode_poolings``).
     """
 
     def __init__(
@@ -50,7 +52,10 @@ class GEMEncoder:
         show_progress_bar: bool = True,
         cache: bool = True,
         store: EmbeddingStore | None = None,
+        also: dict[str, EmbeddingStore] | None = None,
     ) -> None:
+        if also and (store is None or template is not None or {pooling, *also} - {"mean", "last"}):
+            raise GEMError("only a mean or last row without a template, with a store, can fill another pooling's store")
         self.model = gem_model
         self.name = name
         self.pooling = pooling
@@ -62,6 +67,7 @@ class GEMEncoder:
         self._meta = None
         self._cache: dict[str, np.ndarray] | None = {} if cache or store is not None else None
         self.store = store
+        self.also = dict(also or {})
 
     @property
     def mteb_model_meta(self):
@@ -123,7 +129,14 @@ class GEMEncoder:
         try:
             for start in range(0, len(ordered), self.store.chunk):
                 chunk = ordered[start:start + self.store.chunk]
-                vectors = self._embed(chunk, batch_size, False)
+                if self.also:
+                    both = self.model.encode_poolings(chunk, poolings=(self.pooling, *self.also), batch_size=batch_size,
+                                                      normalize=True, max_length=self.max_length)
+                    vectors = np.asarray(both[self.pooling], dtype=np.float32)
+                    for mode, store in self.also.items():
+                        store.add(chunk, np.asarray(both[mode], dtype=np.float32))
+                else:
+                    vectors = self._embed(chunk, batch_size, False)
                 self.store.add(chunk, vectors)
                 new.update(zip(chunk, vectors))
                 if bar is not None:

@@ -201,8 +201,10 @@ def run_evaluation(
             path = results_dir / f"{spec['id']}.json"
             result = finished_row(path, mteb_tasks) if resume else None
             if result is None:
+                # the mean row's forward pass also gives the last-token row its embeddings
+                also = {"last": out / EMBEDDING_CACHE / "last"} if spec["id"] == "mean" and "last" in rows else None
                 result = _evaluate_mteb(spec, loaded, plan, batch_size, show_progress,
-                                        store_dir=out / EMBEDDING_CACHE / spec["id"])
+                                        store_dir=out / EMBEDDING_CACHE / spec["id"], also=also)
                 partial = path.with_suffix(".partial.json")  # renamed when whole: resume trusts what exists
                 result.to_disk(partial)
                 os.replace(partial, path)
@@ -591,7 +593,7 @@ def evaluate_mteb(encoder, loaded: Sequence[Any], *, batch_size: int = 32, show_
 
 
 def _evaluate_mteb(spec: dict[str, Any], loaded, plan: Suite, batch_size: int, show_progress: bool,
-                   store_dir: Path | None = None):
+                   store_dir: Path | None = None, also: dict[str, Path] | None = None):
     from .encoder import EmbeddingStore, GEMEncoder, load_minilm
 
     if spec["id"] == "minilm":  # 22M parameters: minutes for the full suite, not worth a cache
@@ -599,7 +601,8 @@ def _evaluate_mteb(spec: dict[str, Any], loaded, plan: Suite, batch_size: int, s
     else:
         encoder = GEMEncoder(spec["model"], name=spec["mteb_name"], pooling=spec["pooling"], template=spec["template"],
                              max_length=plan.embed_max_tokens, show_progress_bar=show_progress,
-                             store=EmbeddingStore(store_dir) if store_dir is not None else None)
+                             store=EmbeddingStore(store_dir) if store_dir is not None else None,
+                             also={mode: EmbeddingStore(folder) for mode, folder in (also or {}).items()})
     return evaluate_mteb(encoder, loaded, batch_size=batch_size, show_progress=show_progress)
 
 
