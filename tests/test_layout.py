@@ -3,7 +3,7 @@
 Every ``import`` statement of every module counts, including those inside functions (an
 import deferred into a method still ties the two modules together). The tiers, lowest first:
 
-    errors, version -> masking -> pooling, precision, scope, hub -> config -> files -> tokens, compat -> runtime
+    errors, version, atomic -> masking -> pooling, precision, scope, hub -> config -> files -> tokens, compat -> runtime
     -> model -> wings (training, adapters, evaluation, serving) -> cli -> the package itself
 
 A module may import a module of a lower tier, or a module of its own wing. A wing may use
@@ -22,6 +22,7 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[1] / "gem_adapter"
 CORE_TIERS: dict[str, int] = {
     "errors": 0,
     "version": 0,
+    "atomic": 0,
     "masking": 1,
     "pooling": 2,
     "scope": 2,

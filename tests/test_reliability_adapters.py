@@ -243,7 +243,7 @@ def test_output_set_aside_by_a_killed_replace_is_put_back(tmp_path):
     out = tmp_path / "out"
     script = """
 import os, sys
-from gem_adapter.hub import staging_name
+from gem_adapter.atomic import staging_name
 from pathlib import Path
 out = Path(sys.argv[1])
 os.replace(out, out.parent / staging_name(out, "old"))  # first of the two renames, then killed

@@ -21,8 +21,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from gem_adapter.hub import SHIPPED_ADAPTERS, SHIPPED_DIR, apply_umask
 from recipe_ablation import dev_scores, machine
+
+from gem_adapter.atomic import apply_umask
+from gem_adapter.hub import SHIPPED_ADAPTERS, SHIPPED_DIR
 
 FILES = ("adapter_config.json", "adapter_model.safetensors", "gem_config.json", "training_config.json",
          "train_summary.json")

@@ -18,8 +18,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from ..atomic import atomic_file
 from ..errors import GEMError
-from ..hub import apply_umask
 
 ICONV_HINT = "convert it to UTF-8 (e.g. iconv -f latin1 -t utf-8)"
 
@@ -157,13 +157,5 @@ def write_npy_atomically(array, output: Path) -> None:
     """
     import numpy as np
 
-    output.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(dir=output.parent, prefix=f".{output.name}.", suffix=".part", delete=False)
-    try:
-        with handle:
-            np.save(handle, array)
-        apply_umask(Path(handle.name), directory=False)
-        os.replace(handle.name, output)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
+    with atomic_file(output, "wb") as handle:
+        np.save(handle, array)

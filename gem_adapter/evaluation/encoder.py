@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from ..atomic import atomic_file
 from ..errors import GEMError
 
 PROMPTEOL_TEMPLATE = 'This sentence : "{text}" means in one word:"'
@@ -210,10 +211,8 @@ class EmbeddingStore:
         self.folder.mkdir(parents=True, exist_ok=True)
         keys = [self.key(text) for text in texts]
         target = self.folder / f"chunk-{self._files:06d}.npz"
-        partial = target.with_name(target.name + ".partial")
-        with open(partial, "wb") as handle:
+        with atomic_file(target, "wb") as handle:
             np.savez(handle, keys=np.frombuffer(b"".join(keys), dtype=np.uint8).reshape(-1, 32), vectors=np.asarray(vectors, dtype=np.float32))
-        os.replace(partial, target)
         self._files += 1
         self._vectors.update(zip(keys, np.asarray(vectors, dtype=np.float32)))
 

@@ -40,6 +40,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from ..atomic import atomic_file
 from ..errors import GEMConfigError, GEMError
 from . import lm as lm_metrics
 from .encoder import PROMPTEOL_TEMPLATE
@@ -205,9 +206,8 @@ def run_evaluation(
                 also = {"last": out / EMBEDDING_CACHE / "last"} if spec["id"] == "mean" and "last" in rows else None
                 result = _evaluate_mteb(spec, loaded, plan, batch_size, show_progress,
                                         store_dir=out / EMBEDDING_CACHE / spec["id"], also=also)
-                partial = path.with_suffix(".partial.json")  # renamed when whole: resume trusts what exists
-                result.to_disk(partial)
-                os.replace(partial, path)
+                with atomic_file(path) as handle:  # renamed when whole: resume trusts what exists
+                    handle.write(result.model_dump_json(indent=2))
             else:  # its time is what mteb recorded in the sitting that finished it
                 row["resumed"] = True
                 tick -= sum(float(tr.evaluation_time or 0.0) for tr in result.task_results)
@@ -425,7 +425,7 @@ def run_progress(out_dir: str | os.PathLike) -> dict[str, Any]:
 
     out = Path(out_dir)
     rows = sorted(path.stem for path in (out / RESULTS).glob("*.json")
-                  if not path.stem.startswith("lm-") and not path.stem.endswith(".partial"))
+                  if not path.stem.startswith("lm-"))
     stored = {}
     for folder in sorted(p for p in (out / EMBEDDING_CACHE).glob("*") if p.is_dir()):
         count = 0
@@ -490,9 +490,8 @@ def finished_lm_tasks(path: Path, lm_tasks: Sequence[str]) -> dict[str, Any]:
 
 def write_json_atomic(path: Path, value: Any) -> None:
     """Write JSON under a temporary name and rename it: a file that exists is whole."""
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(value, indent=2, default=str), encoding="utf-8")
-    os.replace(partial, path)
+    with atomic_file(path) as handle:
+        handle.write(json.dumps(value, indent=2, default=str))
 
 
 def run_lm_tasks(gem, lm_tasks: Sequence[str], directory: Path, plan: Suite, *, seed: int = 0,

@@ -38,16 +38,14 @@ import codecs
 import csv
 import difflib
 import json
-import os
 import random
 import re
-import tempfile
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from ..atomic import atomic_file
 from ..errors import GEMError
-from ..hub import apply_umask
 
 REQUIRED_KEYS: tuple[str, ...] = ("anchor", "positive")
 OPTIONAL_KEYS: tuple[str, ...] = ("negative", "source", "label")
@@ -149,20 +147,11 @@ def load_pairs(location: str | Path, seed: int = 0, sources: str | Sequence[str]
 
 def write_pairs(pairs: Iterable[dict[str, str]], out: str | Path) -> int:
     """Write pairs as JSONL through a temporary file renamed into place; return the count."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".part")
     count = 0
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            for pair in pairs:
-                handle.write(json.dumps({k: pair[k] for k in PAIR_KEYS if k in pair}, ensure_ascii=False) + "\n")
-                count += 1
-        apply_umask(Path(name), directory=False)
-        os.replace(name, out)
-    except BaseException:
-        Path(name).unlink(missing_ok=True)
-        raise
+    with atomic_file(out) as handle:
+        for pair in pairs:
+            handle.write(json.dumps({k: pair[k] for k in PAIR_KEYS if k in pair}, ensure_ascii=False) + "\n")
+            count += 1
     return count
 
 
