@@ -178,7 +178,7 @@ def test_report_with_in_domain_tasks_standard_errors_and_the_prompteol_differenc
     assert write_report(summary, tmp_path)[1].stat().st_size > 10_000
 
 
-def random_adapter(base, out):
+def random_adapter(base, out, seed: int = 1):
     """A GEM adapter with a random LoRA on q/v and random GEM rows, saved as training saves one."""
     import torch
     from peft import LoraConfig, get_peft_model
@@ -188,7 +188,7 @@ def random_adapter(base, out):
 
     config = GEMConfig(base_model=str(base))
     gem = GEMModel.from_pretrained(base, config=config)
-    torch.manual_seed(1)
+    torch.manual_seed(seed)
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False,
                       trainable_token_indices=list(gem.gem_token_ids))
     model = get_peft_model(gem.model, lora)
@@ -387,3 +387,77 @@ def test_the_last_token_row_reuses_the_mean_rows_forward_pass(tiny_model_folder,
     alone = run("last", tmp_path / "alone")
     assert "last" in poolings_embedded
     assert both["last"] == pytest.approx(alone["last"], abs=1e-4)
+
+
+@needs_data
+def test_a_new_adapter_takes_the_baselines_of_an_earlier_run_and_computes_only_its_own(tiny_model_folder, tmp_path,
+                                                                                      monkeypatch):
+    from gem_adapter.evaluation import lm
+    from gem_adapter.model import GEMModel
+
+    def args(adapter, out, *extra):
+        return ["--base", str(tiny_model_folder), "--adapter", str(adapter), "--tasks", "STSBenchmark,ARC-Easy",
+                "--baselines", "prompteol", "--out", str(out), "--data-dir", str(SHARED_DATA), "--limit", "4", *extra]
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert CliRunner().invoke(eval_command, args(random_adapter(tiny_model_folder, tmp_path / "a1"), first)).exit_code == 0
+    poolings, arc_runs = [], []
+    original_encode, original_arc = GEMModel.encode, lm.evaluate_arc_easy
+    monkeypatch.setattr(GEMModel, "encode", lambda self, texts, **kw: poolings.append(kw.get("pooling"))
+                        or original_encode(self, texts, **kw))
+    monkeypatch.setattr(lm, "evaluate_arc_easy", lambda *a, **k: arc_runs.append(1) or original_arc(*a, **k))
+    adapter2 = random_adapter(tiny_model_folder, tmp_path / "a2", seed=2)
+    result = CliRunner().invoke(eval_command, args(adapter2, second, "--baselines-from", str(first)))
+    assert result.exit_code == 0, result.output
+    assert set(poolings) == {"gem"} and len(arc_runs) == 1  # only the new adapter's row and LM metrics ran
+
+    earlier, summary = (json.loads((run / "summary.json").read_text()) for run in (first, second))
+    (old_prompteol, old_gem), (prompteol, gem) = earlier["models"], summary["models"]
+    assert prompteol["copied_from"] == str(first.resolve()) and "copied_from" not in gem
+    assert prompteol["mteb"] == old_prompteol["mteb"] and prompteol["lm"] == old_prompteol["lm"]
+    assert gem["mteb"] != old_gem["mteb"]  # another adapter, measured anew
+    assert summary["copied"] == {"rows": ["prompteol"], "lm_tasks": ["ARC-Easy"], "embedding_caches": []}
+    assert summary["lm_difference"]["ARC-Easy"]["n"] == 4
+    report = (second / "report.md").read_text()
+    assert f"baselines taken from the earlier run `{first.resolve()}`" in report
+    assert "(scores taken from the earlier run)" in report
+
+
+@needs_data
+def test_baselines_are_taken_only_from_a_run_that_measured_them_the_same_way(tiny_model_folder, tmp_path):
+    adapter = random_adapter(tiny_model_folder, tmp_path / "adapter")
+    first = tmp_path / "first"
+
+    def args(out, *extra, limit="4"):
+        return ["--base", str(tiny_model_folder), "--adapter", str(adapter), "--tasks", "STSBenchmark",
+                "--baselines", "", "--out", str(out), "--data-dir", str(SHARED_DATA), "--limit", limit, *extra]
+
+    runner = CliRunner()
+    assert runner.invoke(eval_command, args(first)).exit_code == 0
+    refused = {
+        "seed": (args(tmp_path / "b", "--baselines-from", str(first), "--seed", "1"),
+                 f"cannot take baselines from {first}: it ran with seed 0, this call has 1; evaluate under the same"),
+        "limit": (args(tmp_path / "c", "--baselines-from", str(first), limit="3"),
+                  f"cannot take baselines from {first}: it ran with limit 4, this call has 3"),
+        "not a run": (args(tmp_path / "d", "--baselines-from", str(tmp_path)),
+                      f"--baselines-from {tmp_path} holds no run.json; name the --out folder of an earlier gem eval run"),
+        "itself": (args(first, "--baselines-from", str(first), "--force"), "is this run's own --out; use --resume"),
+    }
+    for name, (call, message) in refused.items():
+        result = runner.invoke(eval_command, call)
+        assert result.exit_code == 1 and message in result.output, (name, result.output)
+    assert not any((tmp_path / name).exists() for name in "bcd")  # refused before anything was written
+
+
+def test_an_unfinished_baseline_row_brings_its_stored_embeddings(tmp_path):
+    from gem_adapter.evaluation import EmbeddingStore
+    from gem_adapter.evaluation.runner import copy_baselines
+
+    source, out = tmp_path / "source", tmp_path / "out"
+    EmbeddingStore(source / "embedding-cache" / "mean").add(["a text"], np.ones((1, 3), dtype=np.float32))
+    EmbeddingStore(source / "embedding-cache" / "gem").add(["a text"], np.ones((1, 3), dtype=np.float32))
+    copied = copy_baselines(source, out, ["mean"], ["STSBenchmark"], [])
+    assert copied == {"rows": [], "lm_tasks": [], "embedding_caches": ["mean"]}
+    into: dict[str, np.ndarray] = {}
+    assert EmbeddingStore(out / "embedding-cache" / "mean").lookup("a text", into) and into["a text"].tolist() == [1, 1, 1]
+    assert not (out / "embedding-cache" / "gem").exists()  # never the GEM row's

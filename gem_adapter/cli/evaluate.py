@@ -47,6 +47,10 @@ def _names(value: str | None) -> list[str] | None:
 @click.option("--resume", is_flag=True,
               help="Continue the stopped run in --out: same arguments; finished rows and LM tasks and every "
                    "embedding already made are kept.")
+@click.option("--baselines-from", type=click.Path(path_type=Path, file_okay=False), default=None, metavar="RUN",
+              help="Start with the baseline rows and base-decoder LM metrics an earlier run (its --out folder) "
+                   "finished; they do not depend on the adapter. Its base, suite, tasks, seed, data and dtype "
+                   "must match.")
 @click.option("--overwrite", "overwrite_alias", is_flag=True, hidden=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the subsets.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Embedding batch size.")
@@ -56,8 +60,8 @@ def _names(value: str | None) -> list[str] | None:
 @click.option("--limit", type=click.IntRange(min=1), default=None, hidden=True,
               help="Cap every task at this many items (smoke tests).")
 @library_errors
-def eval_command(base, adapter, no_adapter, suite, tasks, baselines, out_dir, data_dir, force, resume, overwrite_alias,
-                 seed, batch_size, allow_pickle, dtype, limit) -> None:
+def eval_command(base, adapter, no_adapter, suite, tasks, baselines, out_dir, data_dir, force, resume, baselines_from,
+                 overwrite_alias, seed, batch_size, allow_pickle, dtype, limit) -> None:
     """Compare GEM with the decoder baselines and MiniLM on MTEB tasks and LM metrics.
 
     \b
@@ -71,6 +75,7 @@ def eval_command(base, adapter, no_adapter, suite, tasks, baselines, out_dir, da
       gem eval --out runs/eval-quick
       gem eval --adapter runs/gem-adapter --suite full --out runs/eval-full
       gem eval --adapter runs/gem-adapter --suite full --out runs/eval-full --resume
+      gem eval --adapter runs/new-adapter --suite full --out runs/eval-new --baselines-from runs/eval-full
       gem eval --tasks STSBenchmark,MMLU --baselines mean,minilm --out runs/eval-sts
     """
     from ..evaluation import run_evaluation, table_rows
@@ -90,7 +95,7 @@ def eval_command(base, adapter, no_adapter, suite, tasks, baselines, out_dir, da
         summary = run_evaluation(
             base=base, adapter=adapter, suite=suite, tasks=_names(tasks), baselines=_names(baselines),
             out_dir=out_dir, data_dir=data_dir, seed=seed, batch_size=batch_size, limit=limit, overwrite=force,
-            resume=resume, allow_pickle=allow_pickle, dtype=dtype,
+            resume=resume, baselines_from=baselines_from, allow_pickle=allow_pickle, dtype=dtype,
         )
     except KeyboardInterrupt:
         click.echo(f"stopped; what is finished stays in {out_dir}: run the same command with --resume to continue",

@@ -123,6 +123,16 @@ def render_markdown(summary: dict[str, Any]) -> str:
         f"- wall time: {summary['wall_time_s']:.0f} s"
         + (" (the last sitting of a resumed run)" if summary.get("resumed") else "") + f"; finished {summary['finished']}",
         f"- versions: {', '.join(f'{k} {v}' for k, v in summary.get('versions', {}).items())}",
+    ]
+    copied = summary.get("copied") or {}
+    if copied.get("rows") or copied.get("lm_tasks") or copied.get("embedding_caches"):
+        taken = [f"finished rows {', '.join(copied['rows'])}"] if copied.get("rows") else []
+        taken += [f"base-decoder LM tasks {', '.join(copied['lm_tasks'])}"] if copied.get("lm_tasks") else []
+        taken += ([f"the embeddings stored for {', '.join(copied['embedding_caches'])}"]
+                  if copied.get("embedding_caches") else [])
+        lines.append(f"- baselines taken from the earlier run `{summary['baselines_from']}` (same base, suite, tasks, "
+                     f"seed, data and dtype; checked): {'; '.join(taken)}")
+    lines += [
         "",
         "| " + " | ".join(header) + " |",
         "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|",
@@ -178,9 +188,11 @@ def render_markdown(summary: dict[str, Any]) -> str:
     for row in summary["models"]:
         lines.append(f"- **{row['display']}**: {row['description']}"
                      + (f"; results `{row['results_file']}`" if row.get("results_file") else "")
-                     + f"; {row['seconds']:.0f} s" + (" (finished in an earlier sitting)" if row.get("resumed") else ""))
+                     + f"; {row['seconds']:.0f} s" + (" (finished in an earlier sitting)" if row.get("resumed") else "")
+                     + (" (scores taken from the earlier run)" if row.get("copied_from") else ""))
     for key, seconds in summary.get("lm_seconds", {}).items():
-        lines.append(f"- language-model metrics of the {key} decoder: {seconds:.0f} s")
+        lines.append(f"- language-model metrics of the {key} decoder: {seconds:.0f} s"
+                     + (" (some or all measured in the earlier run)" if key == "base" and copied.get("lm_tasks") else ""))
     lines.append("")
     return "\n".join(lines)
 

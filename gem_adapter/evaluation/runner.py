@@ -23,6 +23,14 @@ and each finished LM task in ``results/lm-<decoder>.json``. ``resume=True`` cont
 that was stopped: it checks ``run.json`` against the call, keeps what is finished and embeds
 only texts not yet stored. The full suite takes hours on a 2-core CPU; this lets it finish
 across several sittings.
+
+Baselines from an earlier run: the baseline rows and the base decoder's LM metrics do not
+depend on the adapter, so ``baselines_from=<earlier run>`` starts a run with what that run
+finished for them (its ``results/<row>.json``, ``results/lm-base.json``, and the embedding
+cache of a row it had not finished), after checking that it measured the same base, suite,
+tasks, seed, data and dtype. Only the GEM row and the adapter's LM metrics are then computed
+anew; the report names the rows taken over. ``run.json`` records the source and what came
+from it.
 """
 
 from __future__ import annotations
@@ -136,6 +144,7 @@ def run_evaluation(
     limit: int | None = None,
     overwrite: bool = False,
     resume: bool = False,
+    baselines_from: str | os.PathLike | None = None,
     show_progress: bool = True,
     allow_pickle: bool = False,
     dtype: str = "auto",
@@ -148,6 +157,8 @@ def run_evaluation(
     ``dtype`` is the weights' dtype (``GEMModel.from_pretrained``; ``auto``: bfloat16 where native).
     ``overwrite`` replaces the run in a non-empty ``out_dir``; ``resume`` continues it (the same
     arguments, checked against ``run.json``; ``batch_size`` and ``show_progress`` may differ).
+    ``baselines_from``: an earlier run's folder whose finished baseline rows and base-decoder LM
+    tasks this run takes over (same base, suite, tasks, seed, data and dtype; any adapter).
     """
     started = time.monotonic()
     if suite not in SUITES:
@@ -164,6 +175,10 @@ def run_evaluation(
         "mteb_tasks": list(mteb_tasks), "lm_tasks": list(lm_tasks), "baselines": list(rows),
         "data_dir": str(directory.resolve()),
     }
+    if baselines_from is not None:
+        manifest["baselines_from"] = str(Path(baselines_from).resolve())
+        if not resume:  # a resume takes what its first sitting copied, recorded in run.json
+            source_manifest = read_source_manifest(Path(baselines_from), Path(out_dir), manifest)
     out = prepare_out_dir(out_dir, overwrite, resume=resume)
     if resume:
         check_manifest(out, manifest)
@@ -184,8 +199,17 @@ def run_evaluation(
     manifest["dtype"] = str(base_model.model.dtype).removeprefix("torch.")
     if resume:
         check_manifest(out, manifest)
+        recorded = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+        copied, source_label = recorded.get("copied", {}), recorded.get("baselines_from")
     else:
+        copied = {}
+        if baselines_from is not None:
+            check_source(Path(baselines_from), source_manifest, manifest)
+            copied = copy_baselines(Path(baselines_from), out, rows, mteb_tasks, lm_tasks)
+            manifest["copied"] = copied
+        source_label = manifest.get("baselines_from")
         write_json_atomic(out / MANIFEST, manifest)
+    reuse = resume or bool(copied)  # finished files in out/ are trusted: this run's own or checked copies
     base_name = _short(base)
     lm_only_base = bool(lm_tasks) and adapter is not None and not {"mean", "last", "prompteol"} & set(rows)
     specs = _row_specs(rows, base_name, adapter, base_model, gem_model, lm_only_base)
@@ -200,7 +224,7 @@ def run_evaluation(
         row = {key: spec[key] for key in ("id", "display", "description", "lm_key", "lm_label")}
         if loaded and spec.get("embeds", True):
             path = results_dir / f"{spec['id']}.json"
-            result = finished_row(path, mteb_tasks) if resume else None
+            result = finished_row(path, mteb_tasks) if reuse else None
             if result is None:
                 # the mean row's forward pass also gives the last-token row its embeddings
                 also = {"last": out / EMBEDDING_CACHE / "last"} if spec["id"] == "mean" and "last" in rows else None
@@ -209,7 +233,10 @@ def run_evaluation(
                 with atomic_file(path) as handle:  # renamed when whole: resume trusts what exists
                     handle.write(result.model_dump_json(indent=2))
             else:  # its time is what mteb recorded in the sitting that finished it
-                row["resumed"] = True
+                if spec["id"] in copied.get("rows", []):
+                    row["copied_from"] = source_label
+                else:
+                    row["resumed"] = True
                 tick -= sum(float(tr.evaluation_time or 0.0) for tr in result.task_results)
             row["results_file"] = str(path.relative_to(out))
             row["mteb"] = {tr.task_name: 100.0 * float(tr.get_score()) for tr in result.task_results}
@@ -230,7 +257,7 @@ def run_evaluation(
                 continue
             tick = time.monotonic()
             path = results_dir / f"lm-{key}.json"
-            done = finished_lm_tasks(path, lm_tasks) if resume else {}
+            done = finished_lm_tasks(path, lm_tasks) if reuse else {}
             result = run_lm_tasks(decoders[key], lm_tasks, directory, plan, seed=seed, show_progress=show_progress,
                                   done=done, on_task=functools.partial(write_json_atomic, path))
             measured[id(decoders[key])] = (key, result)
@@ -256,6 +283,7 @@ def run_evaluation(
         "limit": limit, "seed": seed, "data_dir": str(directory), "mteb_tasks": list(mteb_tasks),
         "lm_tasks": list(lm_tasks), "models": summary_rows, "notes": notes, "lm_shared_rows": shared,
         "lm_seconds": lm_seconds, "lm_difference": lm_difference, "resumed": resume,
+        "baselines_from": source_label, "copied": copied,
         "train_splits_used": used, "in_domain_tasks": [t for t in mteb_tasks if used is not None and t in used],
         "dtype": str(base_model.model.dtype).removeprefix("torch."),
         "versions": _versions(), "wall_time_s": 0.0,
@@ -462,6 +490,59 @@ def check_manifest(out: Path, manifest: dict[str, Any]) -> None:
         if recorded.get(key) != value:
             raise GEMError(f"cannot resume {out}: it was started with {key} {recorded.get(key)!r}, this call has "
                            f"{value!r}; repeat the first call's arguments or choose another --out")
+
+
+# what must match for an earlier run's baselines to be this run's; the adapter may differ
+BASELINE_FIELDS = ("base", "suite", "limit", "seed", "mteb_tasks", "lm_tasks", "data_dir", "dtype")
+
+
+def read_source_manifest(source: Path, out: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """The ``run.json`` of the run whose baselines are to be taken over, checked on every
+    field known before the models load (``check_source`` checks the dtype after)."""
+    if source.resolve() == out.resolve():
+        raise GEMError(f"--baselines-from {source} is this run's own --out; use --resume to continue a run")
+    path = source / MANIFEST
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+    except OSError:
+        raise GEMError(f"--baselines-from {source} holds no {MANIFEST}; name the --out folder of an earlier gem eval run") from None
+    except ValueError as error:
+        raise GEMError(f"{path} is not readable JSON ({error}); name another run with --baselines-from") from None
+    check_source(source, recorded, manifest)
+    return recorded
+
+
+def check_source(source: Path, recorded: dict[str, Any], manifest: dict[str, Any]) -> None:
+    """Refuse an earlier run that measured the baselines under other conditions (the first field that differs)."""
+    for key in BASELINE_FIELDS:
+        if key in manifest and recorded.get(key) != manifest[key]:
+            raise GEMError(f"cannot take baselines from {source}: it ran with {key} {recorded.get(key)!r}, this call has "
+                           f"{manifest[key]!r}; evaluate under the same conditions or drop --baselines-from")
+
+
+def copy_baselines(source: Path, out: Path, rows: Sequence[str], mteb_tasks: Sequence[str],
+                   lm_tasks: Sequence[str]) -> dict[str, list[str]]:
+    """Copy an earlier run's finished baseline rows and base-decoder LM tasks into ``out``, and the
+    embedding cache of a baseline row it had not finished; return what came over."""
+    copied: dict[str, list[str]] = {"rows": [], "lm_tasks": [], "embedding_caches": []}
+    (out / RESULTS).mkdir(parents=True, exist_ok=True)
+    for row in rows:  # the baselines only: never the GEM row, whatever the source's adapter
+        path = source / RESULTS / f"{row}.json"
+        if mteb_tasks and finished_row(path, mteb_tasks) is not None:
+            with atomic_file(out / RESULTS / path.name, "wb") as handle:
+                handle.write(path.read_bytes())
+            copied["rows"].append(row)
+        elif (source / EMBEDDING_CACHE / row).is_dir():
+            for chunk in sorted((source / EMBEDDING_CACHE / row).glob("chunk-*.npz")):
+                with atomic_file(out / EMBEDDING_CACHE / row / chunk.name, "wb") as handle:
+                    handle.write(chunk.read_bytes())
+            copied["embedding_caches"].append(row)
+    if lm_tasks:
+        finished = finished_lm_tasks(source / RESULTS / "lm-base.json", lm_tasks)
+        if finished:
+            write_json_atomic(out / RESULTS / "lm-base.json", finished)
+            copied["lm_tasks"] = list(finished)
+    return copied
 
 
 def finished_row(path: Path, mteb_tasks: Sequence[str]):
