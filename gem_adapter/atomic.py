@@ -7,8 +7,10 @@ entries whose process is gone are removed by the next write of the same target
 (``remove_stale_staging``). Everything created gets the mode a plain ``open``/``mkdir``
 would give it under the process umask (``tempfile`` would make it private).
 
-Every module that writes results (the model cache, adapters and merges, embeddings,
-evaluation results, pair files) goes through this one module.
+The model cache, merged and exported folders (``files.atomic_output``), embedding chunks,
+evaluation results, ``.npy`` outputs and pair files go through this module. Two writers still
+stage on their own, with ``tempfile`` and per-file renames into an existing folder: training
+checkpoints (``training/trainer.py``) and ``training/run.save_adapter``.
 """
 
 from __future__ import annotations
