@@ -22,12 +22,13 @@ This module knows about PEFT modules and segment ids, nothing about tokenizers.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
 
-from .masking import Segment
+from .masking import Segment, attention_inputs, build_gem_attention_mask, position_ids_from_segments, to_additive_mask
 
 ADAPTER_SCOPES: tuple[str, ...] = ("all", "gem")
 _GATE_ATTRIBUTE = "_gem_scope_gate"
@@ -137,3 +138,66 @@ def gated(model, segment_ids: torch.Tensor) -> Iterator[None]:
         yield
     finally:
         gate.gate, gate.rows = previous
+
+
+def frozen_prefix_hidden_states(decoder, model, input_ids: torch.Tensor, segment_ids: torch.Tensor,
+                                implementation: str, dtype: torch.dtype) -> torch.Tensor:
+    """Last hidden states (batch, seq, dim) of a gated GEM pass, the text before the GEM tokens run without a graph.
+
+    Under scope ``gem`` the prefix is the frozen base's work and nothing trainable reaches
+    it (the GEM tokens come after it and the mask is causal), so its gradient is zero and
+    training need not keep its activations. The pass is split in two: the prefix columns
+    once under ``no_grad`` (the base: no gate is set), keeping their keys and values; then
+    only the gated tokens (GEM and suffix, gathered to the left of a (batch, gated) block at
+    their own positions) with a graph, the GEM tokens attending to the cached prefix as the
+    GEM mask allows. The result equals one gated pass (within float rounding) at every
+    real token; an embedding's backward then runs through its k GEM tokens alone.
+    ``model`` is the gated PEFT model whose LoRA layers ``decoder`` runs; without a gate,
+    or when no row has both a prefix and gated tokens, this is one ordinary gated pass.
+    """
+    gate = gate_from_segments(segment_ids).bool()
+    is_prefix = segment_ids == Segment.PREFIX
+    columns = torch.arange(segment_ids.shape[1], device=segment_ids.device)
+    last_prefix = torch.where(is_prefix, columns, -1).max(dim=1).values
+    first_gated = torch.where(gate, columns, segment_ids.shape[1]).min(dim=1).values
+    if scope_of(model) != "gem" or not bool(gate.any()) or not bool(is_prefix.any()) or bool((last_prefix >= first_gated).any()):
+        mask, positions = attention_inputs(segment_ids, implementation, dtype)
+        with gated(model, segment_ids):
+            return decoder(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=False).last_hidden_state
+
+    width = int(last_prefix.max()) + 1
+    with torch.no_grad():
+        # always the 4D GEM mask here: a 2D padding mask would leave a left-padded row's
+        # padding queries with nothing to attend to (NaN under eager attention)
+        mask = _kernel_mask(build_gem_attention_mask(segment_ids[:, :width]), implementation, dtype)
+        positions = position_ids_from_segments(segment_ids[:, :width])
+        first = decoder(input_ids=input_ids[:, :width], attention_mask=mask, position_ids=positions, use_cache=True)
+    cache = getattr(first, "cache", None)
+    if cache is None:  # transformers before the cache argument was renamed
+        cache = first.past_key_values
+    cache_argument = "cache" if "cache" in inspect.signature(type(decoder).forward).parameters else "past_key_values"
+
+    counts = gate.sum(dim=1)
+    gated_width = int(counts.max())
+    # the gated columns of each row, in order, then (where a row has fewer) a spare column
+    # past the end whose outputs are dropped
+    order = torch.argsort((~gate).to(torch.int8), dim=1, stable=True)[:, :gated_width]
+    real = columns[:gated_width] < counts[:, None]
+    order = torch.where(real, order, segment_ids.shape[1])
+    spare = order.clamp(max=segment_ids.shape[1] - 1)
+    segments = torch.where(real, segment_ids.gather(1, spare), Segment.PAD)
+    positions = position_ids_from_segments(segment_ids).gather(1, spare)
+    sees_prefix = (segments == Segment.GEM)[:, :, None] & is_prefix[:, None, :width]
+    mask = _kernel_mask(torch.cat([sees_prefix[:, None], build_gem_attention_mask(segments)], dim=-1), implementation, dtype)
+    with gated(model, segments):
+        second = decoder(input_ids=input_ids.gather(1, spare), attention_mask=mask, position_ids=positions,
+                         use_cache=True, **{cache_argument: cache}).last_hidden_state
+    batch, length, dim = segment_ids.shape[0], segment_ids.shape[1], second.shape[-1]
+    hidden = torch.cat([first.last_hidden_state, second.new_zeros(batch, length + 1 - width, dim)], dim=1)
+    hidden = hidden.scatter(1, order[:, :, None].expand(-1, -1, dim), second)
+    return hidden[:, :length]
+
+
+def _kernel_mask(mask: torch.Tensor, implementation: str, dtype: torch.dtype) -> torch.Tensor:
+    """A boolean "may attend" mask in the form the attention kernel takes (additive for eager)."""
+    return to_additive_mask(mask, dtype) if implementation == "eager" else mask

@@ -17,7 +17,7 @@ from conftest import save_tiny_base, tiny_gem, tiny_training_config
 
 from gem_adapter import GEMConfig, GEMConfigError, GEMError, GEMModel, runtime, scope
 from gem_adapter.adapters import export, merge, stack
-from gem_adapter.masking import Segment
+from gem_adapter.masking import Segment, attention_inputs
 from gem_adapter.training import train
 
 TEXTS = ["the dog near the river", "a boat", "Sentence 3 talks about the tree."]
@@ -34,12 +34,17 @@ def base(root) -> Path:
 
 
 @pytest.fixture(scope="module")
-def scoped(root, base) -> Path:
-    """A tiny adapter trained with adapter_scope gem (k = 2, every sample through the GEM tokens, crop views)."""
-    corpus = root / "corpus.txt"
-    corpus.write_text("\n\n".join(
+def corpus(root) -> Path:
+    path = root / "corpus.txt"
+    path.write_text("\n\n".join(
         f"Sentence {i} talks about the {w} near the river. Another remark follows it." for i, w in
         enumerate(["dog", "cat", "boat", "tree"] * 24)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def scoped(root, base, corpus) -> Path:
+    """A tiny adapter trained with adapter_scope gem (k = 2, every sample through the GEM tokens, crop views)."""
     config = tiny_training_config(base, corpus, root / "scoped", save_steps=100, max_steps=3, num_gem_tokens=2,
                                   gem_fraction=1.0, contrastive_weight=1.0, adapter_scope="gem")
     return train(config)
@@ -87,10 +92,10 @@ def test_the_adapter_changes_gem_positions_and_leaves_the_text_before_them(scope
     assert not torch.allclose(hidden[0, ~prefix], without[0, ~prefix], atol=1e-4)
 
 
-def test_in_memory_scoped_model_and_saved_adapter_agree(root, base):
+def test_in_memory_scoped_model_and_saved_adapter_agree(root, base, corpus):
     from gem_adapter.training.run import build_peft_model
 
-    config = tiny_training_config(base, root / "corpus.txt", root / "unused", num_gem_tokens=2, adapter_scope="gem")
+    config = tiny_training_config(base, corpus, root / "unused", num_gem_tokens=2, adapter_scope="gem")
     gem = build_peft_model(config)
     with torch.no_grad():  # a LoRA B of zeros has no effect; give it one so the gate shows
         for name, parameter in gem.model.named_parameters():
@@ -130,6 +135,103 @@ def test_merge_export_and_stack_refuse_a_scoped_adapter(scoped, base, tmp_path):
         with pytest.raises(GEMError, match=rf"adapter_scope 'gem'.*{action} would apply it to every token"):
             call()
     assert not any(tmp_path.iterdir())
+
+
+def gated_lora(architecture: str, attn: str) -> GEMModel:
+    """A tiny GEM model (k = 2) with a random LoRA on every linear layer, scope gem, in training mode."""
+    from peft import LoraConfig, get_peft_model
+
+    gem = tiny_gem(architecture, k=2, attn=attn)
+    torch.manual_seed(0)
+    gem.model = get_peft_model(gem.model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0.0,
+                                                     trainable_token_indices=list(gem.gem_token_ids)))
+    with torch.no_grad():
+        for name, parameter in gem.model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(std=0.3)
+    scope.install(gem.model, "gem")
+    gem.model.train()
+    return gem
+
+
+P, G, S, _ = Segment.PREFIX, Segment.GEM, Segment.SUFFIX, Segment.PAD
+BATCHES = {
+    # a training batch: GEM samples at different split points, an embedding row (no suffix), a plain row
+    "right padding": [[P, P, P, P, G, G, S, S, S, _], [P, P, G, G, S, S, S, S, S, S],
+                      [P, P, P, P, P, P, G, G, _, _], [P, P, P, P, P, _, _, _, _, _]],
+    "left padding": [[_, _, P, P, P, P, P, G, G, S], [P, P, P, P, P, P, P, P, G, G]],
+}
+
+
+@pytest.mark.parametrize("layout", BATCHES)
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_training_pass_with_a_frozen_prefix_equals_one_gated_pass(architecture, attn, layout):
+    """The prefix run once without a graph, then the gated tokens on its cache: the same states and gradients.
+
+    In float64 (eager attention still takes its softmax in float32), so rounding stays far below
+    what a wrong mask, position or cache would change.
+    """
+    gem = gated_lora(architecture, attn)
+    gem.model.double()
+    decoder, model = gem.model.get_base_model().get_decoder(), gem.model
+    segments = torch.tensor(BATCHES[layout])
+    ids = torch.randint(0, 250, segments.shape)
+    gem_ids = torch.tensor(gem.gem_token_ids)
+    ids[segments == G] = gem_ids.repeat(int((segments == G).sum()) // 2)
+    weights = torch.randn(*segments.shape, 32, dtype=torch.float64) * (segments != _)[..., None]  # a loss that reads every real token
+
+    def hidden_and_gradients(split: bool):
+        gem.model.zero_grad()
+        if split:
+            hidden = scope.frozen_prefix_hidden_states(decoder, model, ids, segments, attn, torch.float64)
+        else:
+            hidden = one_gated_pass(decoder, model, ids, segments, attn, torch.float64)
+        (hidden * weights).sum().backward()
+        grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.requires_grad}
+        return hidden.detach(), grads
+
+    whole, whole_grads = hidden_and_gradients(split=False)
+    split, split_grads = hidden_and_gradients(split=True)
+    real = segments != _
+    torch.testing.assert_close(split[real], whole[real], atol=1e-6, rtol=1e-5)
+    assert whole_grads.keys() == split_grads.keys() and any(g.abs().sum() > 0 for g in whole_grads.values())
+    for name in whole_grads:
+        error = (split_grads[name] - whole_grads[name]).norm() / whole_grads[name].norm().clamp(min=1e-12)
+        assert error < 1e-5, f"{name}: relative error {error:.2e}"
+
+
+def test_scoped_training_takes_the_frozen_prefix_path_and_trains_what_one_gated_pass_trains(root, base, corpus, monkeypatch):
+    from gem_adapter.training import trainer as trainer_module
+
+    calls = []
+    original = trainer_module.frozen_prefix_hidden_states
+
+    def counted(*args):
+        calls.append(args[3].shape)
+        return original(*args)
+
+    def adapter_weights(folder: Path) -> dict:
+        from safetensors.torch import load_file
+
+        return load_file(folder / "adapter_model.safetensors")
+
+    config = dict(max_steps=2, save_steps=100, num_gem_tokens=2, gem_fraction=1.0, contrastive_weight=1.0,
+                  adapter_scope="gem", lora_dropout=0.0)
+    monkeypatch.setattr(trainer_module, "frozen_prefix_hidden_states", counted)
+    split = adapter_weights(train(tiny_training_config(base, corpus, root / "split", **config)))
+    assert len(calls) == 3 * 2  # per step: the NTP pass and the two views
+    monkeypatch.setattr(trainer_module, "frozen_prefix_hidden_states",
+                        lambda decoder, model, ids, segments, implementation, dtype: one_gated_pass(decoder, model, ids, segments, implementation, dtype))
+    whole = adapter_weights(train(tiny_training_config(base, corpus, root / "whole", **config)))
+    assert whole.keys() == split.keys()
+    for name in whole:
+        torch.testing.assert_close(split[name], whole[name], atol=1e-5, rtol=1e-4, msg=lambda m: f"{name}: {m}")
+
+
+def one_gated_pass(decoder, model, ids, segments, implementation, dtype):
+    mask, positions = attention_inputs(segments, implementation, dtype)
+    with scope.gated(model, segments):
+        return decoder(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False).last_hidden_state
 
 
 def test_scope_settings_are_validated(tmp_path):

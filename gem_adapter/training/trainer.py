@@ -31,7 +31,7 @@ from ..errors import GEMConfigError
 from ..masking import Segment, attention_inputs
 from ..pooling import pool
 from ..runtime import causal_lm_of
-from ..scope import ADAPTER_SCOPES, gated
+from ..scope import ADAPTER_SCOPES, frozen_prefix_hidden_states, gated, scope_of
 from ..version import __version__
 from .collator import IGNORE_INDEX, VIEW_MODES, GEMCollator
 from .data import CHUNK_UNITS
@@ -240,9 +240,7 @@ class GEMTrainer(SFTTrainer):
 
     def _token_losses(self, decoder, lm_head, implementation, dtype, input_ids, segment_ids, selected, targets) -> torch.Tensor:
         """Next-token cross-entropy of every labelled position of these rows, in row order."""
-        mask, positions = attention_inputs(segment_ids, implementation, dtype)
-        with gated(getattr(self, "_peft_model", None), segment_ids):
-            hidden = decoder(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=False).last_hidden_state
+        hidden = self._hidden_states(decoder, implementation, dtype, input_ids, segment_ids)
         # Project only the positions that carry a label: GEM samples label their suffix
         # alone, and the vocabulary projection is a large share of a small model's FLOPs.
         logits = lm_head(hidden[:, :-1][selected]).float()
@@ -251,10 +249,22 @@ class GEMTrainer(SFTTrainer):
     def _embed(self, decoder, implementation, dtype, inputs, name: str, start: int = 0, end: int | None = None) -> torch.Tensor:
         """GEM embeddings (float32, not normalised) of rows ``start:end`` of ``inputs[name + "_input_ids"]``."""
         segments = inputs[f"{name}_segment_ids"][start:end]
-        mask, positions = attention_inputs(segments, implementation, dtype)
-        with gated(getattr(self, "_peft_model", None), segments):
-            hidden = decoder(input_ids=inputs[f"{name}_input_ids"][start:end], attention_mask=mask, position_ids=positions, use_cache=False).last_hidden_state
+        hidden = self._hidden_states(decoder, implementation, dtype, inputs[f"{name}_input_ids"][start:end], segments)
         return pool(hidden, segments, "gem").float()
+
+    def _hidden_states(self, decoder, implementation, dtype, input_ids, segment_ids) -> torch.Tensor:
+        """The decoder's last hidden states under the GEM mask, the adapter gated by its scope.
+
+        With scope ``gem`` and a graph to build, the text before the GEM tokens runs once
+        without one (``scope.frozen_prefix_hidden_states``): its gradient is zero, and an
+        embedding's backward then covers its k GEM tokens instead of the whole text.
+        """
+        model = getattr(self, "_peft_model", None)
+        if torch.is_grad_enabled() and scope_of(model) == "gem":
+            return frozen_prefix_hidden_states(decoder, model, input_ids, segment_ids, implementation, dtype)
+        mask, positions = attention_inputs(segment_ids, implementation, dtype)
+        with gated(model, segment_ids):
+            return decoder(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=False).last_hidden_state
 
     def _embedding_terms(self, inputs) -> list[tuple[str, float, tuple[str, ...], Any]]:
         """The InfoNCE terms on for this batch: (metric name, weight, embedded inputs, loss of their embeddings)."""
