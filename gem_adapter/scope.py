@@ -28,7 +28,13 @@ from contextlib import contextmanager
 
 import torch
 
-from .masking import Segment, attention_inputs, build_gem_attention_mask, position_ids_from_segments, to_additive_mask
+from .masking import (
+    Segment,
+    attention_inputs,
+    build_gem_attention_mask,
+    position_ids_from_segments,
+    to_additive_mask,
+)
 
 ADAPTER_SCOPES: tuple[str, ...] = ("all", "gem")
 _GATE_ATTRIBUTE = "_gem_scope_gate"
@@ -140,6 +146,14 @@ def gated(model, segment_ids: torch.Tensor) -> Iterator[None]:
         gate.gate, gate.rows = previous
 
 
+def gated_hidden_states(decoder, model, input_ids: torch.Tensor, segment_ids: torch.Tensor,
+                        implementation: str, dtype: torch.dtype) -> torch.Tensor:
+    """Last hidden states (batch, seq, dim) of one pass of ``decoder`` under the GEM mask, ``model``'s adapter gated."""
+    mask, positions = attention_inputs(segment_ids, implementation, dtype)
+    with gated(model, segment_ids):
+        return decoder(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=False).last_hidden_state
+
+
 def frozen_prefix_hidden_states(decoder, model, input_ids: torch.Tensor, segment_ids: torch.Tensor,
                                 implementation: str, dtype: torch.dtype) -> torch.Tensor:
     """Last hidden states (batch, seq, dim) of a gated GEM pass, the text before the GEM tokens run without a graph.
@@ -161,9 +175,7 @@ def frozen_prefix_hidden_states(decoder, model, input_ids: torch.Tensor, segment
     last_prefix = torch.where(is_prefix, columns, -1).max(dim=1).values
     first_gated = torch.where(gate, columns, segment_ids.shape[1]).min(dim=1).values
     if scope_of(model) != "gem" or not bool(gate.any()) or not bool(is_prefix.any()) or bool((last_prefix >= first_gated).any()):
-        mask, positions = attention_inputs(segment_ids, implementation, dtype)
-        with gated(model, segment_ids):
-            return decoder(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=False).last_hidden_state
+        return gated_hidden_states(decoder, model, input_ids, segment_ids, implementation, dtype)
 
     width = int(last_prefix.max()) + 1
     with torch.no_grad():

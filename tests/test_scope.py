@@ -17,7 +17,7 @@ from conftest import save_tiny_base, tiny_gem, tiny_training_config
 
 from gem_adapter import GEMConfig, GEMConfigError, GEMError, GEMModel, runtime, scope
 from gem_adapter.adapters import export, merge, stack
-from gem_adapter.masking import Segment, attention_inputs
+from gem_adapter.masking import Segment
 from gem_adapter.training import train
 
 TEXTS = ["the dog near the river", "a boat", "Sentence 3 talks about the tree."]
@@ -185,7 +185,7 @@ def test_training_pass_with_a_frozen_prefix_equals_one_gated_pass(architecture, 
         if split:
             hidden = scope.frozen_prefix_hidden_states(decoder, model, ids, segments, attn, torch.float64)
         else:
-            hidden = one_gated_pass(decoder, model, ids, segments, attn, torch.float64)
+            hidden = scope.gated_hidden_states(decoder, model, ids, segments, attn, torch.float64)
         (hidden * weights).sum().backward()
         grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.requires_grad}
         return hidden.detach(), grads
@@ -215,23 +215,16 @@ def test_scoped_training_takes_the_frozen_prefix_path_and_trains_what_one_gated_
 
         return load_file(folder / "adapter_model.safetensors")
 
-    config = dict(max_steps=2, save_steps=100, num_gem_tokens=2, gem_fraction=1.0, contrastive_weight=1.0,
-                  adapter_scope="gem", lora_dropout=0.0)
+    config = {"max_steps": 2, "save_steps": 100, "num_gem_tokens": 2, "gem_fraction": 1.0, "contrastive_weight": 1.0,
+              "adapter_scope": "gem", "lora_dropout": 0.0}
     monkeypatch.setattr(trainer_module, "frozen_prefix_hidden_states", counted)
     split = adapter_weights(train(tiny_training_config(base, corpus, root / "split", **config)))
     assert len(calls) == 3 * 2  # per step: the NTP pass and the two views
-    monkeypatch.setattr(trainer_module, "frozen_prefix_hidden_states",
-                        lambda decoder, model, ids, segments, implementation, dtype: one_gated_pass(decoder, model, ids, segments, implementation, dtype))
+    monkeypatch.setattr(trainer_module, "frozen_prefix_hidden_states", scope.gated_hidden_states)
     whole = adapter_weights(train(tiny_training_config(base, corpus, root / "whole", **config)))
     assert whole.keys() == split.keys()
     for name in whole:
-        torch.testing.assert_close(split[name], whole[name], atol=1e-5, rtol=1e-4, msg=lambda m: f"{name}: {m}")
-
-
-def one_gated_pass(decoder, model, ids, segments, implementation, dtype):
-    mask, positions = attention_inputs(segments, implementation, dtype)
-    with scope.gated(model, segments):
-        return decoder(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False).last_hidden_state
+        torch.testing.assert_close(split[name], whole[name], atol=1e-5, rtol=1e-4, msg=lambda m, name=name: f"{name}: {m}")
 
 
 def test_scope_settings_are_validated(tmp_path):

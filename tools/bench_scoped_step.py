@@ -24,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+
 def run(path: str, steps: int, recipe: str, queue) -> None:
     """Train ``steps`` steps in this (child) process; put step times, peak RSS and the adapter's folder."""
     import torch
@@ -34,14 +35,7 @@ def run(path: str, steps: int, recipe: str, queue) -> None:
     from gem_adapter.training import trainer as trainer_module
 
     if path == "one gated pass":
-        def one_pass(decoder, model, input_ids, segment_ids, implementation, dtype):
-            from gem_adapter.masking import attention_inputs
-
-            mask, positions = attention_inputs(segment_ids, implementation, dtype)
-            with scope.gated(model, segment_ids):
-                return decoder(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=False).last_hidden_state
-
-        trainer_module.frozen_prefix_hidden_states = one_pass
+        trainer_module.frozen_prefix_hidden_states = scope.gated_hidden_states
 
     class StepClock(TrainerCallback):
         def __init__(self):
@@ -95,8 +89,8 @@ def main() -> None:
              "| path | mean s/step (steps 2..) | median | every step (s) | peak RSS GiB |", "|---|---|---|---|---|"]
     lines += [f"| {r['path']} | {r['mean_step_s']:.2f} | {r['median_step_s']:.2f} | {', '.join(map(str, r['step_seconds']))} | {r['peak_rss_gib']} |"
               for r in rows]
-    lines += ["", f"Speed-up {result['speedup']}x (mean step time; both runs see the same batches); the two adapters differ "
-              f"by at most {difference:.2e} in any weight."]
+    lines += ["", (f"Speed-up {result['speedup']}x (mean step time; both runs see the same batches); the two adapters "
+                   f"differ by at most {difference:.2e} in any weight.")]
     (args.out / "bench_scoped_step.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -28,10 +28,15 @@ from trl import SFTConfig, SFTTrainer
 
 from ..config import GEMConfig, base_fingerprint, check_matryoshka_dims
 from ..errors import GEMConfigError
-from ..masking import Segment, attention_inputs
+from ..masking import Segment
 from ..pooling import pool
 from ..runtime import causal_lm_of
-from ..scope import ADAPTER_SCOPES, frozen_prefix_hidden_states, gated, scope_of
+from ..scope import (
+    ADAPTER_SCOPES,
+    frozen_prefix_hidden_states,
+    gated_hidden_states,
+    scope_of,
+)
 from ..version import __version__
 from .collator import IGNORE_INDEX, VIEW_MODES, GEMCollator
 from .data import CHUNK_UNITS
@@ -262,9 +267,7 @@ class GEMTrainer(SFTTrainer):
         model = getattr(self, "_peft_model", None)
         if torch.is_grad_enabled() and scope_of(model) == "gem":
             return frozen_prefix_hidden_states(decoder, model, input_ids, segment_ids, implementation, dtype)
-        mask, positions = attention_inputs(segment_ids, implementation, dtype)
-        with gated(model, segment_ids):
-            return decoder(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=False).last_hidden_state
+        return gated_hidden_states(decoder, model, input_ids, segment_ids, implementation, dtype)
 
     def _embedding_terms(self, inputs) -> list[tuple[str, float, tuple[str, ...], Any]]:
         """The InfoNCE terms on for this batch: (metric name, weight, embedded inputs, loss of their embeddings)."""
