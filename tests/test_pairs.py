@@ -331,6 +331,7 @@ def test_pairs_loss_is_infonce_over_positives_and_hard_negatives_without_masked_
               "group": "label:x" if i else "anchor:a"} for i in range(3)]
     batch = GEMCollator(gem_token_ids=[GEM_ID], pad_token_id=PAD_ID, max_length=16, pairs=pairs, pairs_per_batch=3)(CHUNKS)
     fake = SimpleNamespace(args=SimpleNamespace(contrastive_temperature=0.5, matryoshka_dims=None))
+    fake._hidden_states = lambda *arguments: GEMTrainer._hidden_states(fake, *arguments)
     def side(name):
         return GEMTrainer._embed(fake, Decoder(), "sdpa", torch.float32, batch, name)
 
