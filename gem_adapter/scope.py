@@ -166,8 +166,9 @@ def frozen_prefix_hidden_states(decoder, model, input_ids: torch.Tensor, segment
     their own positions) with a graph, the GEM tokens attending to the cached prefix as the
     GEM mask allows. The result equals one gated pass (within float rounding) at every
     real token; an embedding's backward then runs through its k GEM tokens alone.
-    ``model`` is the gated PEFT model whose LoRA layers ``decoder`` runs; without a gate,
-    or when no row has both a prefix and gated tokens, this is one ordinary gated pass.
+    ``model`` is the gated PEFT model whose LoRA layers ``decoder`` runs. Without a gate, or
+    for a batch with no prefix, no gated token, or a row whose prefix does not all come before
+    its gated tokens, this is one ordinary gated pass.
     """
     gate = gate_from_segments(segment_ids).bool()
     is_prefix = segment_ids == Segment.PREFIX
