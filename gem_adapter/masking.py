@@ -98,7 +98,9 @@ def attention_inputs(
     position_ids = position_ids_from_segments(segment_ids)
     if not needs_custom_mask(segment_ids):
         return (segment_ids != Segment.PAD).long(), position_ids
-    mask = build_gem_attention_mask(segment_ids)
-    if implementation == "eager":
-        mask = to_additive_mask(mask, dtype)
-    return mask, position_ids
+    return kernel_mask(build_gem_attention_mask(segment_ids), implementation, dtype), position_ids
+
+
+def kernel_mask(mask: torch.Tensor, implementation: str, dtype: torch.dtype) -> torch.Tensor:
+    """A boolean "may attend" mask in the form the attention kernel takes: additive for ``eager``."""
+    return to_additive_mask(mask, dtype) if implementation == "eager" else mask

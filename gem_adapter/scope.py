@@ -32,8 +32,8 @@ from .masking import (
     Segment,
     attention_inputs,
     build_gem_attention_mask,
+    kernel_mask,
     position_ids_from_segments,
-    to_additive_mask,
 )
 
 ADAPTER_SCOPES: tuple[str, ...] = ("all", "gem")
@@ -179,12 +179,12 @@ def frozen_prefix_hidden_states(decoder, model, input_ids: torch.Tensor, segment
         return gated_hidden_states(decoder, model, input_ids, segment_ids, implementation, dtype)
 
     width = int(last_prefix.max()) + 1
+    all_positions = position_ids_from_segments(segment_ids)
     with torch.no_grad():
         # always the 4D GEM mask here: a 2D padding mask would leave a left-padded row's
         # padding queries with nothing to attend to (NaN under eager attention)
-        mask = _kernel_mask(build_gem_attention_mask(segment_ids[:, :width]), implementation, dtype)
-        positions = position_ids_from_segments(segment_ids[:, :width])
-        first = decoder(input_ids=input_ids[:, :width], attention_mask=mask, position_ids=positions, use_cache=True)
+        mask = kernel_mask(build_gem_attention_mask(segment_ids[:, :width]), implementation, dtype)
+        first = decoder(input_ids=input_ids[:, :width], attention_mask=mask, position_ids=all_positions[:, :width], use_cache=True)
     cache = getattr(first, "cache", None)
     if cache is None:  # transformers before the cache argument was renamed
         cache = first.past_key_values
@@ -199,18 +199,12 @@ def frozen_prefix_hidden_states(decoder, model, input_ids: torch.Tensor, segment
     order = torch.where(real, order, segment_ids.shape[1])
     spare = order.clamp(max=segment_ids.shape[1] - 1)
     segments = torch.where(real, segment_ids.gather(1, spare), Segment.PAD)
-    positions = position_ids_from_segments(segment_ids).gather(1, spare)
     sees_prefix = (segments == Segment.GEM)[:, :, None] & is_prefix[:, None, :width]
-    mask = _kernel_mask(torch.cat([sees_prefix[:, None], build_gem_attention_mask(segments)], dim=-1), implementation, dtype)
+    mask = kernel_mask(torch.cat([sees_prefix[:, None], build_gem_attention_mask(segments)], dim=-1), implementation, dtype)
     with gated(model, segments):
-        second = decoder(input_ids=input_ids.gather(1, spare), attention_mask=mask, position_ids=positions,
+        second = decoder(input_ids=input_ids.gather(1, spare), attention_mask=mask, position_ids=all_positions.gather(1, spare),
                          use_cache=True, **{cache_argument: cache}).last_hidden_state
     batch, length, dim = segment_ids.shape[0], segment_ids.shape[1], second.shape[-1]
     hidden = torch.cat([first.last_hidden_state, second.new_zeros(batch, length + 1 - width, dim)], dim=1)
     hidden = hidden.scatter(1, order[:, :, None].expand(-1, -1, dim), second)
     return hidden[:, :length]
-
-
-def _kernel_mask(mask: torch.Tensor, implementation: str, dtype: torch.dtype) -> torch.Tensor:
-    """A boolean "may attend" mask in the form the attention kernel takes (additive for eager)."""
-    return to_additive_mask(mask, dtype) if implementation == "eager" else mask
