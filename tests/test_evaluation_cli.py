@@ -331,6 +331,38 @@ def test_an_interrupted_eval_resumes_to_the_uninterrupted_result(tiny_model_fold
     assert "(the last sitting of a resumed run)" in report and report.count("(finished in an earlier sitting)") == 2
 
 
+@needs_data
+def test_an_lm_task_killed_mid_way_resumes_from_its_last_saved_batch(tiny_model_folder, tmp_path, monkeypatch):
+    from gem_adapter.evaluation import lm
+
+    def args(out):
+        return ["--base", str(tiny_model_folder), "--tasks", "ARC-Easy", "--baselines", "prompteol", "--out", str(out),
+                "--data-dir", str(SHARED_DATA), "--limit", "4"]  # 4 questions x 4 choices: 2 batches of 8
+
+    assert CliRunner().invoke(eval_command, args(tmp_path / "whole")).exit_code == 0
+    expected = json.loads((tmp_path / "whole" / "summary.json").read_text())
+    out, original_save, saved = tmp_path / "stopped", lm.ScoreProgress.save, []
+
+    def save_then_die(self, key, state):
+        original_save(self, key, state)
+        saved.append(state["batches"])
+        if len(saved) == 1:
+            raise Interrupted
+
+    monkeypatch.setattr(lm.ScoreProgress, "save", save_then_die)
+    with pytest.raises(Interrupted):
+        CliRunner().invoke(eval_command, args(out))
+    assert (out / "lm-progress" / "base" / "ARC-Easy.json").is_file() and not list((out / "results").iterdir())
+
+    done = CliRunner().invoke(eval_command, args(out) + ["--resume"])
+    assert done.exit_code == 0, done.output
+    assert "partly scored, to continue: ARC-Easy of the base decoder" in done.output
+    assert saved == [1, 2]  # the resumed sitting scored only the second batch
+    summary = json.loads((out / "summary.json").read_text())
+    assert [row["lm"] for row in summary["models"]] == [row["lm"] for row in expected["models"]]
+    assert not (out / "lm-progress" / "base" / "ARC-Easy.json").exists()  # gone once the task's result is saved
+
+
 def test_ctrl_c_says_how_to_resume(tiny_model_folder, tmp_path, monkeypatch):
     from gem_adapter import evaluation
 

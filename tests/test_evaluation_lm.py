@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 
 import pytest
@@ -186,3 +188,71 @@ def test_missing_lm_files_raise_the_named_error(tmp_path):
         lm.evaluate_arc_easy(gem, tmp_path)
     with pytest.raises(MissingDataError, match="MMLU needs the folder .*mmlu/test"):
         lm.evaluate_mmlu(gem, tmp_path)
+
+
+class Interrupted(BaseException):
+    """Stands for the process being killed (a BaseException: nothing on the way catches it)."""
+
+
+@contextlib.contextmanager
+def forward_calls(gem, die_after: int | None = None):
+    """Count the model's forward passes; raise ``Interrupted`` instead of the one after ``die_after``."""
+    calls: list[int] = []
+
+    def hook(module, args, kwargs):
+        if die_after is not None and len(calls) == die_after:
+            raise Interrupted
+        calls.append(1)
+
+    handle = gem.model.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        yield calls
+    finally:
+        handle.remove()
+
+
+def test_choice_scoring_killed_mid_way_continues_from_its_last_batch_to_the_same_scores(tmp_path):
+    gem = tiny_gem("llama")
+    items = [(f"Question {i}: " + "x" * i, [" A", " BB", " yes"]) for i in range(10)]  # 30 sequences
+    whole = lm.choice_loglikelihoods(gem, items, prefix="Header.\n\n", batch_size=4)  # 8 batches
+    path = tmp_path / "progress.json"
+    # a long interval: nothing is written while it runs, the interruption itself saves
+    with forward_calls(gem, die_after=3), pytest.raises(Interrupted):  # the prefix, then 2 batches
+        lm.choice_loglikelihoods(gem, items, prefix="Header.\n\n", batch_size=4,
+                                 progress=lm.ScoreProgress(path, interval=3600))
+    with forward_calls(gem) as calls:
+        resumed = lm.choice_loglikelihoods(gem, items, prefix="Header.\n\n", batch_size=4,
+                                           progress=lm.ScoreProgress(path))
+    assert resumed == whole  # exactly: the same batches in the same order
+    assert len(calls) == 1 + 6  # the prefix again, then only the 6 batches not saved
+    with forward_calls(gem) as calls:  # everything saved: not even the prefix runs
+        assert lm.choice_loglikelihoods(gem, items, prefix="Header.\n\n", batch_size=4,
+                                        progress=lm.ScoreProgress(path)) == whole
+    assert calls == []
+    with forward_calls(gem) as calls:  # other inputs (here the batch size) never pick a state up
+        other = lm.choice_loglikelihoods(gem, items, prefix="Header.\n\n", batch_size=3,
+                                         progress=lm.ScoreProgress(path))
+    assert len(calls) == 1 + 10
+    assert [s for row in other for s in row] == pytest.approx([s for row in whole for s in row], abs=1e-4)
+
+
+def test_perplexity_killed_mid_way_continues_from_its_last_batch_to_the_same_value(tmp_path):
+    gem = tiny_gem("qwen2")
+    text = "The quick brown fox jumps over the lazy dog; " * 5  # 226 tokens with BOS: 14 windows, stride 16
+    whole = lm.perplexity(gem, text, max_length=32, stride=16, batch_size=2)
+    path = tmp_path / "progress.json"
+    with forward_calls(gem, die_after=3), pytest.raises(Interrupted):
+        lm.perplexity(gem, text, max_length=32, stride=16, batch_size=2, progress=lm.ScoreProgress(path, interval=0))
+    progress = lm.ScoreProgress(path)
+    with forward_calls(gem) as calls:
+        resumed = lm.perplexity(gem, text, max_length=32, stride=16, batch_size=2, progress=progress)
+    assert resumed == whole
+    assert len(calls) == 8 - 3  # 13 full windows in 7 batches of <= 2, the short last one alone; 3 saved
+    assert progress.seconds() > 0 and json.loads(path.read_text())["seconds"] > 0
+
+
+def test_an_unreadable_progress_file_is_named(tmp_path):
+    path = tmp_path / "progress.json"
+    path.write_text("{not json")
+    with pytest.raises(GEMError, match="progress.json is not a readable progress file .*; delete it and resume"):
+        lm.ScoreProgress(path)

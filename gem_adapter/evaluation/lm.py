@@ -17,6 +17,10 @@ log-softmax in which the GEM tokens are excluded (they are suppressed in generat
   ``stride``; every token after the first is scored once, with at least
   ``max_length - stride`` tokens of context where the text allows.
 
+A ``ScoreProgress`` given to any of them keeps the batches scored so far in a JSON file, so
+that a run killed in the middle of a task continues from its last saved batch with the same
+numbers (the batches, their order and the running sums are those of an uninterrupted run).
+
 Every accuracy comes with its binomial standard error ``sqrt(p (1 - p) / n)`` and the
 per-item outcomes (``correct``: metric -> list of 0/1 in item order), so that two decoders
 scored on the same items can be compared with the paired standard error of their
@@ -26,23 +30,87 @@ difference (``paired_difference``).
 from __future__ import annotations
 
 import bz2
+import contextlib
 import copy
 import csv
+import hashlib
 import json
 import math
 import random
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..atomic import atomic_file
 from ..errors import GEMConfigError, GEMError
 from ..tokens import leading_special_ids
 from .tasks import MissingDataError, require_files, resolve_data_dir
 
 LM_TASKS: tuple[str, ...] = ("MMLU", "ARC-Easy", "HellaSwag", "WikiText-2")
 MMLU_LETTERS = ("A", "B", "C", "D")
+
+
+# ---------------------------------------------------------------------------- progress
+class ScoreProgress:
+    """Partly scored work of one LM task, kept in one JSON file between sittings.
+
+    Each scoring call keys its state by a fingerprint of its inputs (token ids, batch size,
+    window), so a state is only ever picked up by the same work. ``save`` rewrites the file
+    under a temporary name at most every ``interval`` seconds (and when a call ends or is
+    interrupted), so a killed process loses at most that much scoring. The file also keeps
+    the seconds spent on the task, so that ``seconds()`` counts every sitting.
+    """
+
+    def __init__(self, path: str | Path, *, interval: float = 10.0) -> None:
+        self.path = Path(path)
+        self.interval = interval
+        self._states: dict[str, Any] = {}
+        self._earlier_seconds = 0.0
+        self._started = self._last_write = time.monotonic()
+        if self.path.is_file():
+            try:
+                saved = json.loads(self.path.read_text(encoding="utf-8"))
+                self._states, self._earlier_seconds = dict(saved["states"]), float(saved["seconds"])
+            except (ValueError, KeyError, TypeError) as error:
+                raise GEMError(f"{self.path} is not a readable progress file ({error!r}); delete it and resume") from None
+
+    def state(self, key: str) -> Any:
+        """What was saved under ``key``, or None."""
+        return self._states.get(key)
+
+    def save(self, key: str, state: Any) -> None:
+        """Keep ``state`` under ``key``; write the file if ``interval`` seconds have passed since the last write."""
+        self._states[key] = state
+        if time.monotonic() - self._last_write >= self.interval:
+            self.flush()
+
+    def seconds(self) -> float:
+        """Seconds spent on the task: earlier sittings (as last saved) plus this one so far."""
+        return self._earlier_seconds + time.monotonic() - self._started
+
+    def flush(self) -> None:
+        """Write every state kept so far (under a temporary name, then renamed)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_file(self.path) as handle:
+            handle.write(json.dumps({"seconds": self.seconds(), "states": self._states}))
+        self._last_write = time.monotonic()
+
+
+@contextlib.contextmanager
+def _saving(progress: ScoreProgress | None):
+    """Write ``progress`` when the block ends, also when it is interrupted (Ctrl-C, an error)."""
+    try:
+        yield
+    finally:
+        if progress is not None:
+            progress.flush()
+
+
+def _fingerprint(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, separators=(",", ":")).encode("utf-8")).hexdigest()[:24]
 
 
 # ---------------------------------------------------------------------------- scoring core
@@ -84,16 +152,19 @@ def _score_items(
     batch_size: int = 8,
     desc: str = "Scoring",
     show_progress: bool = False,
+    progress: ScoreProgress | None = None,
 ) -> list[list[float]]:
     """Sum log P(choice tokens | prefix + context) for every (context ids, [choice ids]) item.
 
     Choices that are all one token long share one forward pass. A ``prefix`` common to every
     item is run once and its key/value cache reused, when everything fits the model.
+    ``progress``: continue from the batches it holds for these items, and save each batch to it.
     """
     from tqdm.auto import tqdm
 
     limit = _max_positions(gem)
     prefix = list(prefix_ids or [])
+    key = _fingerprint("choices", prefix, items, batch_size)
     longest = max((len(c) + max(len(x) for x in xs) for c, xs in items), default=0)
     use_cache = bool(prefix) and len(prefix) + longest <= limit
     if prefix and not use_cache:
@@ -123,34 +194,49 @@ def _score_items(
 
     scores: list[list[float]] = [[0.0] * len(choices) for _, choices in items]
     order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i][0]))
+    starts = range(0, len(order), batch_size)
+    saved = progress.state(key) if progress is not None else None
+    done = int(saved["batches"]) if saved else 0
+    if saved:
+        scores = saved["scores"]
     device = _device(gem)
     pad = gem.tokenizer.pad_token_id if gem.tokenizer.pad_token_id is not None else 0
     cache = None
-    if use_cache:
+    if use_cache and done < len(starts):
         output = gem.model(input_ids=torch.tensor([prefix], device=device), use_cache=True)
         cache = getattr(output, "cache", None) or output.past_key_values
-    for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", disable=not show_progress):
-        batch = [sequences[i] for i in order[start : start + batch_size]]
-        width = max(len(ids) for ids, _ in batch)
-        input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, (ids, _) in enumerate(batch):
-            input_ids[row, : len(ids)] = torch.tensor(ids)
-            mask[row, : len(ids)] = 1
-        kwargs: dict[str, Any] = {"use_cache": False}
-        if cache is not None:
-            past = copy.deepcopy(cache)
-            past.batch_repeat_interleave(len(batch))
-            mask = torch.cat([torch.ones((len(batch), len(prefix)), dtype=torch.long), mask], dim=1)
-            kwargs = {"use_cache": True, _cache_argument(gem): past}
-        logits = gem.model(input_ids=input_ids.to(device), attention_mask=mask.to(device), **kwargs).logits
-        for row, (_, readouts) in enumerate(batch):
-            positions = sorted({p for _, _, pairs in readouts for p, _ in pairs})
-            logprobs = _masked_log_softmax(logits[row, positions], gem.gem_token_ids)
-            where = {p: k for k, p in enumerate(positions)}
-            for item, choice, pairs in readouts:
-                scores[item][choice] = float(sum(logprobs[where[p], token] for p, token in pairs))
+    with _saving(progress):
+        for index in tqdm(range(done, len(starts)), desc=desc, unit="batch", disable=not show_progress,
+                          initial=done, total=len(starts)):
+            _score_batch(gem, [sequences[i] for i in order[starts[index] : starts[index] + batch_size]],
+                         scores, prefix, cache, pad, device)
+            if progress is not None:
+                progress.save(key, {"batches": index + 1, "scores": scores})
     return scores
+
+
+def _score_batch(gem, batch, scores: list[list[float]], prefix: list[int], cache, pad: int,
+                 device: torch.device) -> None:
+    """Add one batch of sequences' choice log-probabilities into ``scores``."""
+    width = max(len(ids) for ids, _ in batch)
+    input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, (ids, _) in enumerate(batch):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        mask[row, : len(ids)] = 1
+    kwargs: dict[str, Any] = {"use_cache": False}
+    if cache is not None:
+        past = copy.deepcopy(cache)
+        past.batch_repeat_interleave(len(batch))
+        mask = torch.cat([torch.ones((len(batch), len(prefix)), dtype=torch.long), mask], dim=1)
+        kwargs = {"use_cache": True, _cache_argument(gem): past}
+    logits = gem.model(input_ids=input_ids.to(device), attention_mask=mask.to(device), **kwargs).logits
+    for row, (_, readouts) in enumerate(batch):
+        positions = sorted({p for _, _, pairs in readouts for p, _ in pairs})
+        logprobs = _masked_log_softmax(logits[row, positions], gem.gem_token_ids)
+        where = {p: k for k, p in enumerate(positions)}
+        for item, choice, pairs in readouts:
+            scores[item][choice] = float(sum(logprobs[where[p], token] for p, token in pairs))
 
 
 def choice_loglikelihoods(
@@ -161,15 +247,18 @@ def choice_loglikelihoods(
     batch_size: int = 8,
     desc: str = "Scoring",
     show_progress: bool = False,
+    progress: ScoreProgress | None = None,
 ) -> list[list[float]]:
-    """log P(choice | prefix + context) for every choice of every (context, choices) item."""
+    """log P(choice | prefix + context) for every choice of every (context, choices) item.
+
+    ``progress``: keep the scored batches there and continue from them (``ScoreProgress``)."""
     tokenizer = gem.tokenizer
     lead = leading_special_ids(tokenizer)
     prefix_ids = (lead + _ids(tokenizer, prefix)) if prefix else None
     encoded = [((_ids(tokenizer, context) if prefix else lead + _ids(tokenizer, context)),
                 [_ids(tokenizer, choice) for choice in choices]) for context, choices in items]
     return _score_items(gem, encoded, prefix_ids=prefix_ids, batch_size=batch_size, desc=desc,
-                        show_progress=show_progress)
+                        show_progress=show_progress, progress=progress)
 
 
 def loglikelihood(gem, requests: Sequence[tuple[str, str]], *, batch_size: int = 8) -> list[float]:
@@ -208,8 +297,12 @@ def perplexity(
     max_tokens: int | None = None,
     batch_size: int = 4,
     show_progress: bool = False,
+    progress: ScoreProgress | None = None,
 ) -> dict[str, Any]:
-    """Sliding-window perplexity of ``text`` (first ``max_tokens`` tokens if given)."""
+    """Sliding-window perplexity of ``text`` (first ``max_tokens`` tokens if given).
+
+    ``progress``: continue from the batches of windows it holds for this text, and save each batch to it.
+    """
     from tqdm.auto import tqdm
 
     max_length = min(max_length, _max_positions(gem))
@@ -225,17 +318,28 @@ def perplexity(
     for window in windows:
         groups.setdefault(window[1] - window[0], []).append(window)
     batches = [group[i : i + batch_size] for group in groups.values() for i in range(0, len(group), batch_size)]
-    for batch in tqdm(batches, desc="Perplexity", unit="batch", disable=not show_progress):
-        width = batch[0][1] - batch[0][0]
-        keep = max(end - first + 1 for _, end, first in batch)  # logits of the last `keep` positions
-        input_ids = torch.tensor([ids[begin:end] for begin, end, _ in batch], device=device)
-        logits = gem.model(input_ids=input_ids, use_cache=False, logits_to_keep=keep).logits
-        for row, (begin, end, first) in enumerate(batch):
-            positions = [p - begin - 1 - (width - keep) for p in range(first, end)]
-            logprobs = _masked_log_softmax(logits[row, positions], gem.gem_token_ids)
-            targets = torch.tensor(ids[first:end], device=logprobs.device)
-            total -= float(logprobs.gather(1, targets[:, None]).sum())
-            count += end - first
+    key = _fingerprint("perplexity", hashlib.sha256(json.dumps(ids).encode("utf-8")).hexdigest(), max_length, stride,
+                       batch_size)
+    saved = progress.state(key) if progress is not None else None
+    done = int(saved["batches"]) if saved else 0
+    if saved:
+        total, count = float(saved["total"]), int(saved["count"])
+    with _saving(progress):
+        for index in tqdm(range(done, len(batches)), desc="Perplexity", unit="batch", disable=not show_progress,
+                          initial=done, total=len(batches)):
+            batch = batches[index]
+            width = batch[0][1] - batch[0][0]
+            keep = max(end - first + 1 for _, end, first in batch)  # logits of the last `keep` positions
+            input_ids = torch.tensor([ids[begin:end] for begin, end, _ in batch], device=device)
+            logits = gem.model(input_ids=input_ids, use_cache=False, logits_to_keep=keep).logits
+            for row, (begin, end, first) in enumerate(batch):
+                positions = [p - begin - 1 - (width - keep) for p in range(first, end)]
+                logprobs = _masked_log_softmax(logits[row, positions], gem.gem_token_ids)
+                targets = torch.tensor(ids[first:end], device=logprobs.device)
+                total -= float(logprobs.gather(1, targets[:, None]).sum())
+                count += end - first
+            if progress is not None:
+                progress.save(key, {"batches": index + 1, "total": total, "count": count})
     return {"perplexity": math.exp(total / count), "nll": total / count, "tokens_scored": count,
             "tokens": len(ids), "windows": len(windows), "max_length": max_length, "stride": stride}
 
@@ -272,9 +376,9 @@ def paired_difference(a: Sequence[float], b: Sequence[float]) -> dict[str, float
 
 
 def _accuracy(items: list[tuple[str, list[str], int]], gem, batch_size: int, desc: str, show_progress: bool,
-              note: str) -> dict[str, Any]:
+              note: str, progress: ScoreProgress | None = None) -> dict[str, Any]:
     scores = choice_loglikelihoods(gem, [(c, [" " + x for x in xs]) for c, xs, _ in items],
-                                   batch_size=batch_size, desc=desc, show_progress=show_progress)
+                                   batch_size=batch_size, desc=desc, show_progress=show_progress, progress=progress)
     raw: list[int] = []
     norm: list[int] = []
     for (_, choices, gold), row in zip(items, scores):
@@ -289,17 +393,20 @@ def _accuracy(items: list[tuple[str, list[str], int]], gem, batch_size: int, des
 
 
 def evaluate_arc_easy(gem, data_dir=None, *, limit: int | None = None, seed: int = 0, batch_size: int = 8,
-                      show_progress: bool = True) -> dict[str, Any]:
+                      show_progress: bool = True,
+                      progress: ScoreProgress | None = None) -> dict[str, Any]:
     """ARC-Easy test: 'Question: ...\\nAnswer:' + ' choice'; acc and acc_norm."""
     (path,) = require_files("ARC-Easy", resolve_data_dir(data_dir), ("lm/arc_easy/arc_easy.jsonl",))
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     keep = _sample(len(rows), limit, seed)
     items = [(rows[i]["query"] + "\nAnswer:", list(rows[i]["choices"]), int(rows[i]["gold"])) for i in keep]
-    return _accuracy(items, gem, batch_size, "ARC-Easy", show_progress, _note(len(keep), len(rows), "questions", seed))
+    return _accuracy(items, gem, batch_size, "ARC-Easy", show_progress, _note(len(keep), len(rows), "questions", seed),
+                     progress)
 
 
 def evaluate_hellaswag(gem, data_dir=None, *, limit: int | None = None, seed: int = 0, batch_size: int = 8,
-                       show_progress: bool = True) -> dict[str, Any]:
+                       show_progress: bool = True,
+                       progress: ScoreProgress | None = None) -> dict[str, Any]:
     """HellaSwag validation: context + ' ending'; acc and acc_norm."""
     (path,) = require_files("HellaSwag", resolve_data_dir(data_dir), ("lm/hellaswag/hellaswag_val_full.txt.bz2",))
     lines = bz2.decompress(path.read_bytes()).decode("utf-8").split("\n")
@@ -310,7 +417,8 @@ def evaluate_hellaswag(gem, data_dir=None, *, limit: int | None = None, seed: in
     rows = [lines[i : i + 6] for i in range(0, len(lines), 6)]
     keep = _sample(len(rows), limit, seed)
     items = [(rows[i][0], rows[i][2:6], int(rows[i][1])) for i in keep]
-    return _accuracy(items, gem, batch_size, "HellaSwag", show_progress, _note(len(keep), len(rows), "items", seed))
+    return _accuracy(items, gem, batch_size, "HellaSwag", show_progress, _note(len(keep), len(rows), "items", seed),
+                     progress)
 
 
 def mmlu_subjects(data_dir=None) -> list[str]:
@@ -356,7 +464,7 @@ def mmlu_quotas(sizes: dict[str, int], total: int) -> dict[str, int]:
 
 def evaluate_mmlu(gem, data_dir=None, *, subjects: Sequence[str] | None = None, limit_per_subject: int | None = None,
                   limit_total: int | None = None, num_shots: int = 5, seed: int = 0, batch_size: int = 8,
-                  show_progress: bool = True) -> dict[str, Any]:
+                  show_progress: bool = True, progress: ScoreProgress | None = None) -> dict[str, Any]:
     """MMLU test, k-shot from the dev split, log-likelihood of ' A'..' D'; micro and macro accuracy.
 
     ``limit_total``: a stratified sample of that many test questions over the chosen
@@ -393,7 +501,7 @@ def evaluate_mmlu(gem, data_dir=None, *, subjects: Sequence[str] | None = None, 
         prefix = header + "".join(_mmlu_block(row, MMLU_LETTERS[int(row["answer"])]) for row in dev[:num_shots])
         rows = [test[i] for i in _sample(len(test), quotas[subject], seed)]
         scores = choice_loglikelihoods(gem, [(_mmlu_block(row, None), [f" {x}" for x in MMLU_LETTERS]) for row in rows],
-                                       prefix=prefix, batch_size=batch_size)
+                                       prefix=prefix, batch_size=batch_size, progress=progress)
         hits = [int(max(range(4), key=s.__getitem__) == int(row["answer"])) for s, row in zip(scores, rows)]
         per_subject[subject] = sum(hits) / len(rows)
         outcomes += hits
@@ -412,11 +520,12 @@ def evaluate_mmlu(gem, data_dir=None, *, subjects: Sequence[str] | None = None, 
 
 
 def evaluate_wikitext2(gem, data_dir=None, *, max_length: int = 512, stride: int = 256, max_tokens: int | None = None,
-                       batch_size: int = 4, show_progress: bool = True) -> dict[str, Any]:
+                       batch_size: int = 4, show_progress: bool = True,
+                       progress: ScoreProgress | None = None) -> dict[str, Any]:
     """WikiText-2 (raw tokenised v1 test file) sliding-window perplexity."""
     (path,) = require_files("WikiText-2", resolve_data_dir(data_dir), ("lm/wikitext2/wiki.test.tokens",))
     result = perplexity(gem, path.read_text(encoding="utf-8"), max_length=max_length, stride=stride,
-                        max_tokens=max_tokens, batch_size=batch_size, show_progress=show_progress)
+                        max_tokens=max_tokens, batch_size=batch_size, show_progress=show_progress, progress=progress)
     scope = f"first {result['tokens']:,} tokens of the test file" if max_tokens else f"all {result['tokens']:,} tokens"
     result["note"] = f"{scope}; window {result['max_length']}, stride {stride}"
     return result
@@ -440,7 +549,7 @@ def canonical_lm_task(name: str) -> str:
 
 
 __all__ = [
-    "LM_TASKS", "canonical_lm_task", "choice_loglikelihoods", "evaluate_arc_easy", "evaluate_hellaswag",
+    "LM_TASKS", "ScoreProgress", "canonical_lm_task", "choice_loglikelihoods", "evaluate_arc_easy", "evaluate_hellaswag",
     "evaluate_mmlu", "evaluate_wikitext2", "loglikelihood", "mmlu_quotas", "mmlu_subjects", "paired_difference",
     "perplexity", "sliding_windows", "standard_error",
 ]

@@ -19,9 +19,10 @@ and every row gets ``mteb_average_held_out`` (the other tasks) beside ``mteb_ave
 Resumable: ``run.json`` records what the run measures (base, adapter and a digest of its
 files, suite, tasks, rows, seed, dtype, data); every decoder row keeps its embeddings in
 ``embedding-cache/<row>/`` as they are made, a finished row's scores in ``results/<row>.json``
-and each finished LM task in ``results/lm-<decoder>.json``. ``resume=True`` continues a run
-that was stopped: it checks ``run.json`` against the call, keeps what is finished and embeds
-only texts not yet stored. The full suite takes hours on a 2-core CPU; this lets it finish
+and each finished LM task in ``results/lm-<decoder>.json``; an LM task under way keeps its
+scored batches in ``lm-progress/<decoder>/<task>.json``. ``resume=True`` continues a run
+that was stopped: it checks ``run.json`` against the call, keeps what is finished, embeds
+only texts not yet stored and continues an LM task from its last saved batch. The full suite takes hours on a 2-core CPU; this lets it finish
 across several sittings.
 
 Baselines from an earlier run: the baseline rows and the base decoder's LM metrics do not
@@ -72,6 +73,7 @@ LM_FILES = {
 MANIFEST = "run.json"
 EMBEDDING_CACHE = "embedding-cache"
 RESULTS = "results"
+LM_PROGRESS = "lm-progress"  # <decoder>/<task>.json: the batches of an LM task scored so far
 
 
 @dataclass(frozen=True)
@@ -259,7 +261,8 @@ def run_evaluation(
             path = results_dir / f"lm-{key}.json"
             done = finished_lm_tasks(path, lm_tasks) if reuse else {}
             result = run_lm_tasks(decoders[key], lm_tasks, directory, plan, seed=seed, show_progress=show_progress,
-                                  done=done, on_task=functools.partial(write_json_atomic, path))
+                                  done=done, on_task=functools.partial(write_json_atomic, path),
+                                  progress_dir=out / LM_PROGRESS / key)
             measured[id(decoders[key])] = (key, result)
             lm_seconds[key] = sum(float(values.get("seconds", 0.0)) for values in result.values())
         for key in ("base", "gem"):
@@ -423,7 +426,7 @@ def prepare_out_dir(out_dir: str | os.PathLike, overwrite: bool, resume: bool = 
         if not overwrite:
             raise GEMError(f"output folder {out} is not empty; choose another --out, pass --overwrite to replace "
                            "its run or --resume to continue it")
-        for name in (RESULTS, EMBEDDING_CACHE):  # an earlier run's pieces must not leak into a later --resume
+        for name in (RESULTS, EMBEDDING_CACHE, LM_PROGRESS):  # an earlier run's pieces must not leak into a later --resume
             if (out / name).is_dir():
                 shutil.rmtree(out / name)
         (out / MANIFEST).unlink(missing_ok=True)
@@ -448,7 +451,8 @@ def adapter_digest(adapter: str | os.PathLike | None) -> str | None:
 
 def run_progress(out_dir: str | os.PathLike) -> dict[str, Any]:
     """What a stopped run in ``out_dir`` has kept: finished rows, stored embeddings per row,
-    finished LM tasks per decoder (what ``resume`` will not do again)."""
+    finished LM tasks per decoder (what ``resume`` will not do again), and the LM tasks it
+    had partly scored (which ``resume`` continues from their last saved batch)."""
     import numpy as np
 
     out = Path(out_dir)
@@ -463,7 +467,11 @@ def run_progress(out_dir: str | os.PathLike) -> dict[str, Any]:
         stored[folder.name] = count
     lm_done = {path.stem.removeprefix("lm-"): list(finished_lm_tasks(path, LM_TASKS))
                for path in sorted((out / RESULTS).glob("lm-*.json"))}
-    return {"finished_rows": rows, "stored_embeddings": stored, "finished_lm_tasks": lm_done}
+    lm_partial = {folder.name: [task for task in LM_TASKS if (folder / f"{task}.json").is_file()
+                                and task not in lm_done.get(folder.name, [])]
+                  for folder in sorted(p for p in (out / LM_PROGRESS).glob("*") if p.is_dir())}
+    return {"finished_rows": rows, "stored_embeddings": stored, "finished_lm_tasks": lm_done,
+            "partly_scored_lm_tasks": {decoder: tasks for decoder, tasks in lm_partial.items() if tasks}}
 
 
 def describe_progress(out_dir: str | os.PathLike) -> str:
@@ -476,6 +484,8 @@ def describe_progress(out_dir: str | os.PathLike) -> str:
     for decoder, tasks in progress["finished_lm_tasks"].items():
         if tasks:
             parts.append(f"LM tasks of the {decoder} decoder finished: {', '.join(tasks)}")
+    for decoder, tasks in progress["partly_scored_lm_tasks"].items():
+        parts.append(f"partly scored, to continue: {', '.join(tasks)} of the {decoder} decoder")
     return f"resuming {out_dir}: " + "; ".join(parts)
 
 
@@ -577,17 +587,23 @@ def write_json_atomic(path: Path, value: Any) -> None:
 
 def run_lm_tasks(gem, lm_tasks: Sequence[str], directory: Path, plan: Suite, *, seed: int = 0,
                  batch_size: int = 8, show_progress: bool = True, done: dict[str, Any] | None = None,
-                 on_task=None) -> dict[str, Any]:
+                 on_task=None, progress_dir: Path | None = None) -> dict[str, Any]:
     """The selected LM-preservation metrics of one decoder under a suite's sizes.
 
     ``done``: tasks measured before (kept, not run again); ``on_task(results)`` is called
-    with everything measured so far after each task (the runner saves it).
+    with everything measured so far after each task (the runner saves it). ``progress_dir``:
+    each unfinished task keeps its scored batches in ``<task>.json`` there and continues from
+    them (``lm.ScoreProgress``); the file goes once the task's result is saved.
     """
     results: dict[str, Any] = dict(done or {})
     for task in lm_tasks:
+        partial = progress_dir / f"{task}.json" if progress_dir is not None else None
         if task in results:
+            if partial is not None:
+                partial.unlink(missing_ok=True)  # left by a kill between saving the result and this clean-up
             continue
         tick = time.monotonic()
+        progress = lm_metrics.ScoreProgress(partial) if partial is not None else None
         if task == "MMLU":
             subjects = lm_metrics.mmlu_subjects(directory)[:: plan.mmlu_subject_step]
             if plan.mmlu_subjects is not None:
@@ -595,21 +611,28 @@ def run_lm_tasks(gem, lm_tasks: Sequence[str], directory: Path, plan: Suite, *, 
             results[task] = lm_metrics.evaluate_mmlu(gem, directory, subjects=subjects, seed=seed,
                                                      limit_per_subject=plan.mmlu_per_subject,
                                                      limit_total=plan.mmlu_total,
-                                                     batch_size=batch_size, show_progress=show_progress)
+                                                     batch_size=batch_size, show_progress=show_progress,
+                                                     progress=progress)
             if plan.mmlu_subject_step > 1:
                 results[task]["note"] += f" (every {_ordinal(plan.mmlu_subject_step)} subject in alphabetical order)"
         elif task == "ARC-Easy":
             results[task] = lm_metrics.evaluate_arc_easy(gem, directory, limit=plan.arc, seed=seed,
-                                                         batch_size=batch_size, show_progress=show_progress)
+                                                         batch_size=batch_size, show_progress=show_progress,
+                                                         progress=progress)
         elif task == "HellaSwag":
             results[task] = lm_metrics.evaluate_hellaswag(gem, directory, limit=plan.hellaswag, seed=seed,
-                                                          batch_size=batch_size, show_progress=show_progress)
+                                                          batch_size=batch_size, show_progress=show_progress,
+                                                          progress=progress)
         else:
             results[task] = lm_metrics.evaluate_wikitext2(gem, directory, max_length=plan.window, stride=plan.stride,
-                                                          max_tokens=plan.wikitext_tokens, show_progress=show_progress)
-        results[task]["seconds"] = time.monotonic() - tick  # kept in the task's file: true across sittings
+                                                          max_tokens=plan.wikitext_tokens, show_progress=show_progress,
+                                                          progress=progress)
+        # kept in the task's file: true across sittings, also for a task continued mid-way
+        results[task]["seconds"] = progress.seconds() if progress is not None else time.monotonic() - tick
         if on_task is not None:
             on_task({name: results[name] for name in lm_tasks if name in results})
+        if partial is not None:
+            partial.unlink(missing_ok=True)
     return {name: results[name] for name in lm_tasks}
 
 
