@@ -264,6 +264,7 @@ def run_evaluation(
                                   done=done, on_task=functools.partial(write_json_atomic, path),
                                   progress_dir=out / LM_PROGRESS / key)
             measured[id(decoders[key])] = (key, result)
+            _remove_if_empty(out / LM_PROGRESS)
             lm_seconds[key] = sum(float(values.get("seconds", 0.0)) for values in result.values())
         for key in ("base", "gem"):
             group = [r for r in summary_rows if r["lm_key"] and decoders[r["lm_key"]] is decoders[key]]
@@ -633,7 +634,13 @@ def run_lm_tasks(gem, lm_tasks: Sequence[str], directory: Path, plan: Suite, *, 
             on_task({name: results[name] for name in lm_tasks if name in results})
         if partial is not None:
             partial.unlink(missing_ok=True)
+            _remove_if_empty(partial.parent)
     return {name: results[name] for name in lm_tasks}
+
+
+def _remove_if_empty(folder: Path) -> None:
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
 
 
 def _task_limits(name: str, plan: Suite) -> dict[str, Any]:
