@@ -22,8 +22,8 @@ files, suite, tasks, rows, seed, dtype, data); every decoder row keeps its embed
 and each finished LM task in ``results/lm-<decoder>.json``; an LM task under way keeps its
 scored batches in ``lm-progress/<decoder>/<task>.json``. ``resume=True`` continues a run
 that was stopped: it checks ``run.json`` against the call, keeps what is finished, embeds
-only texts not yet stored and continues an LM task from its last saved batch. The full suite takes hours on a 2-core CPU; this lets it finish
-across several sittings.
+only texts not yet stored and continues an LM task from its last saved batch. The full suite
+takes hours on a 2-core CPU; this lets it finish across several sittings.
 
 Baselines from an earlier run: the baseline rows and the base decoder's LM metrics do not
 depend on the adapter, so ``baselines_from=<earlier run>`` starts a run with what that run
