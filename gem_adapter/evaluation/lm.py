@@ -113,6 +113,16 @@ def _fingerprint(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, separators=(",", ":")).encode("utf-8")).hexdigest()[:24]
 
 
+def _batches_left(progress: ScoreProgress | None, key: str, count: int, desc: str, show_progress: bool):
+    """The state saved under ``key`` (None if nothing) and the batch indices still to score, as a progress bar."""
+    from tqdm.auto import tqdm
+
+    saved = progress.state(key) if progress is not None else None
+    done = int(saved["batches"]) if saved else 0
+    return saved, tqdm(range(done, count), desc=desc, unit="batch", disable=not show_progress, initial=done,
+                       total=count)
+
+
 # ---------------------------------------------------------------------------- scoring core
 def _ids(tokenizer, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -160,11 +170,9 @@ def _score_items(
     item is run once and its key/value cache reused, when everything fits the model.
     ``progress``: continue from the batches it holds for these items, and save each batch to it.
     """
-    from tqdm.auto import tqdm
-
     limit = _max_positions(gem)
     prefix = list(prefix_ids or [])
-    key = _fingerprint("choices", prefix, items, batch_size)
+    key = _fingerprint("choices", prefix, items, batch_size) if progress is not None else ""
     longest = max((len(c) + max(len(x) for x in xs) for c, xs in items), default=0)
     use_cache = bool(prefix) and len(prefix) + longest <= limit
     if prefix and not use_cache:
@@ -195,19 +203,17 @@ def _score_items(
     scores: list[list[float]] = [[0.0] * len(choices) for _, choices in items]
     order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i][0]))
     starts = range(0, len(order), batch_size)
-    saved = progress.state(key) if progress is not None else None
-    done = int(saved["batches"]) if saved else 0
+    saved, left = _batches_left(progress, key, len(starts), desc, show_progress)
     if saved:
         scores = saved["scores"]
     device = _device(gem)
     pad = gem.tokenizer.pad_token_id if gem.tokenizer.pad_token_id is not None else 0
     cache = None
-    if use_cache and done < len(starts):
+    if use_cache and len(left):
         output = gem.model(input_ids=torch.tensor([prefix], device=device), use_cache=True)
         cache = getattr(output, "cache", None) or output.past_key_values
     with _saving(progress):
-        for index in tqdm(range(done, len(starts)), desc=desc, unit="batch", disable=not show_progress,
-                          initial=done, total=len(starts)):
+        for index in left:
             _score_batch(gem, [sequences[i] for i in order[starts[index] : starts[index] + batch_size]],
                          scores, prefix, cache, pad, device)
             if progress is not None:
@@ -303,8 +309,6 @@ def perplexity(
 
     ``progress``: continue from the batches of windows it holds for this text, and save each batch to it.
     """
-    from tqdm.auto import tqdm
-
     max_length = min(max_length, _max_positions(gem))
     ids = leading_special_ids(gem.tokenizer) + _ids(gem.tokenizer, text)
     if max_tokens is not None:
@@ -318,15 +322,12 @@ def perplexity(
     for window in windows:
         groups.setdefault(window[1] - window[0], []).append(window)
     batches = [group[i : i + batch_size] for group in groups.values() for i in range(0, len(group), batch_size)]
-    key = _fingerprint("perplexity", hashlib.sha256(json.dumps(ids).encode("utf-8")).hexdigest(), max_length, stride,
-                       batch_size)
-    saved = progress.state(key) if progress is not None else None
-    done = int(saved["batches"]) if saved else 0
+    key = _fingerprint("perplexity", ids, max_length, stride, batch_size) if progress is not None else ""
+    saved, left = _batches_left(progress, key, len(batches), "Perplexity", show_progress)
     if saved:
         total, count = float(saved["total"]), int(saved["count"])
     with _saving(progress):
-        for index in tqdm(range(done, len(batches)), desc="Perplexity", unit="batch", disable=not show_progress,
-                          initial=done, total=len(batches)):
+        for index in left:
             batch = batches[index]
             width = batch[0][1] - batch[0][0]
             keep = max(end - first + 1 for _, end, first in batch)  # logits of the last `keep` positions
