@@ -28,17 +28,32 @@ _NAMES: dict[str, torch.dtype] = {
 }
 
 
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags from ``/proc/cpuinfo`` (empty where it is missing or unreadable)."""
+def _cpuinfo_value(keys: tuple[str, ...]) -> str | None:
+    """The first ``/proc/cpuinfo`` value under one of ``keys`` (None where it is missing or unreadable)."""
     try:
         text = CPUINFO.read_text(encoding="utf-8", errors="replace")
     except OSError:
-        return set()
+        return None
     for line in text.splitlines():
         key, sep, value = line.partition(":")
-        if sep and key.strip() in ("flags", "Features"):
-            return set(value.split())
-    return set()
+        if sep and key.strip() in keys:
+            return value.strip()
+    return None
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from ``/proc/cpuinfo`` (empty where it is missing or unreadable)."""
+    return set((_cpuinfo_value(("flags", "Features")) or "").split())
+
+
+def describe_cpu() -> str:
+    """The processor's name, its bfloat16 support and the core count: what a CPU speed figure depends on."""
+    import os
+    import platform
+
+    name = _cpuinfo_value(("model name", "Model", "Hardware")) or platform.processor() or platform.machine()
+    native, reason = native_bfloat16("cpu")
+    return f"{name}, bfloat16 {'native (' + reason + ')' if native else reason}, {os.cpu_count()} CPU cores"
 
 
 def default_device() -> torch.device:

@@ -186,3 +186,13 @@ def test_auto_training_base_is_float32_without_the_flags(tmp_path, cpuinfo):
     assert config.base_dtype == "auto" and base_dtype(config) is torch.float32
     cpuinfo(AMX_FLAGS)
     assert base_dtype(config) is torch.bfloat16
+
+
+def test_a_cpu_is_described_by_its_name_bfloat16_support_and_cores(cpuinfo):
+    import os
+
+    cpuinfo("processor\t: 0\nmodel name\t: AMD EPYC 7B13\n" + PLAIN_FLAGS.split("\n", 1)[1])
+    assert precision.describe_cpu() == (f"AMD EPYC 7B13, bfloat16 emulated on this CPU (no amx_bf16/avx512_bf16), "
+                                        f"{os.cpu_count()} CPU cores")
+    cpuinfo("model name\t: Intel Xeon Platinum 8480+\n" + AMX_FLAGS)
+    assert precision.describe_cpu().startswith("Intel Xeon Platinum 8480+, bfloat16 native (amx_bf16/avx512_bf16), ")

@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import os
-import platform
 import resource
 import statistics
 import tempfile
@@ -56,20 +54,9 @@ def run(path: str, steps: int, recipe: str, queue) -> None:
                "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2), "adapter": str(folder)})
 
 
-def machine() -> str:
-    """The processor's name, whether it computes bfloat16 natively, and the core count: step times depend on all three."""
-    from gem_adapter.precision import BF16_CPU_FLAGS, CPUINFO, cpu_flags
-
-    try:
-        lines = CPUINFO.read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError:
-        lines = []
-    name = next((line.partition(":")[2].strip() for line in lines if line.startswith("model name")), platform.machine())
-    found = [flag for flag in BF16_CPU_FLAGS if flag in cpu_flags()]
-    return f"{name}, {', '.join(found) if found else 'no ' + '/'.join(BF16_CPU_FLAGS)}, {os.cpu_count()} CPU cores"
-
-
 def main() -> None:
+    from gem_adapter.precision import describe_cpu
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--recipe", default="smollm2-135m-cpu")
@@ -93,7 +80,7 @@ def main() -> None:
     difference = max(float((weights[0][k] - weights[1][k]).abs().max()) for k in weights[0])
     for row in rows:
         del row["adapter"]  # a temporary folder
-    result = {"machine": machine(), "recipe": args.recipe,
+    result = {"machine": describe_cpu(), "recipe": args.recipe,
               "steps": args.steps, "rows": rows, "speedup": round(rows[1]["mean_step_s"] / rows[0]["mean_step_s"], 2),
               "max_adapter_weight_difference": difference}
     args.out.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,6 @@ import argparse
 import csv
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from bench_training import DATA, spearman_x100, sts_dev
 
 from gem_adapter import GEMModel
 from gem_adapter.evaluation.lm import evaluate_wikitext2
+from gem_adapter.precision import describe_cpu
 from gem_adapter.training.pairs import banking_dev
 from gem_adapter.training.recipes import load_recipe, parse_overrides
 from gem_adapter.training.run import train
@@ -38,7 +38,7 @@ from gem_adapter.training.run import train
 
 def machine() -> str:
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, {gpu}, torch {torch.__version__}"
+    return f"{describe_cpu()}, {gpu}, torch {torch.__version__}"
 
 
 def sick_trial() -> tuple[list[str], list[str], np.ndarray]:

@@ -12,13 +12,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import argparse  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
-import platform  # noqa: E402
 import time  # noqa: E402
 
 import torch  # noqa: E402
 
 import bench  # noqa: E402
 from bench import SECTIONS, encode, memory, merged, precision, report, scaling, train  # noqa: E402
+from gem_adapter.precision import describe_cpu  # noqa: E402
 
 
 def main() -> None:
@@ -63,7 +63,7 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown sections {sorted(unknown)}; choose from {SECTIONS}")
 
-    results: dict = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores"
+    results: dict = {"machine": describe_cpu()
                      + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"),
                      "torch": torch.__version__, "threads": torch.get_num_threads(), "repeats": args.repeats,
                      "base": args.base, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
