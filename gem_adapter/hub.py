@@ -51,6 +51,7 @@ from .atomic import (
     staging_folder,
     staging_name,
 )
+from . import quiet
 from .errors import ModelResolutionError
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -241,7 +242,7 @@ def quantized_copy(base_path: str, quantization_config) -> Path | None:
     folder = Path(base_path)
     if not folder.is_dir():
         return None
-    import bitsandbytes
+    bitsandbytes = quiet.import_bitsandbytes()
 
     digest = hashlib.sha256()
     for path in sorted(folder.iterdir()):

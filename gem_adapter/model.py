@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import runtime, scope
+from . import quiet, runtime, scope
 from .compat import has_tokenizer
 from .config import GEMConfig
 from .errors import GEMError, ModelResolutionError
@@ -45,6 +45,7 @@ class GEMModel:
     """A causal LM with GEM tokens: ``encode`` for embeddings, ``generate`` for text."""
 
     def __init__(self, model, tokenizer, config: GEMConfig | None = None, *, initialize_rows: bool = True):
+        quiet.import_peft()  # before anything imports PEFT: it would import bitsandbytes (see quiet.py)
         self.model = model
         self.tokenizer = tokenizer
         self.config = config or GEMConfig()
@@ -99,6 +100,7 @@ class GEMModel:
         config matching its tensors; a pickled ``adapter_model.bin`` only with
         ``allow_pickle``) and ``compat.check_compatibility`` against the loaded base.
         """
+        quiet.import_peft(load_in_4bit)  # transformers' loader may import PEFT; bitsandbytes only for 4-bit
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if attn_implementation not in SUPPORTED_ATTENTION:
@@ -153,7 +155,8 @@ class GEMModel:
 
         gem_model = cls(model, tokenizer, config, initialize_rows=initialize_rows)
         _check_adapter_fits(adapter_folder, gem_model, base_path)
-        gem_model.model = PeftModel.from_pretrained(gem_model.model, str(adapter_path), is_trainable=False)
+        with quiet.peft_calls():
+            gem_model.model = PeftModel.from_pretrained(gem_model.model, str(adapter_path), is_trainable=False)
         gem_model.model.eval()
         scope.install(gem_model.model, config.adapter_scope)
         if fuse:  # a gem-scoped adapter gets its GEM rows folded in, its LoRA stays gated (scope.py)
@@ -460,7 +463,7 @@ class GEMModel:
 def bnb_4bit_config(compute_dtype: torch.dtype | str = torch.float32):
     """NF4 with double quantisation, the QLoRA setting."""
     try:
-        import bitsandbytes  # noqa: F401
+        quiet.import_bitsandbytes()
     except ImportError:
         raise GEMError("load_in_4bit needs bitsandbytes: pip install 'gem-adapter[quant]'") from None
     from transformers import BitsAndBytesConfig

@@ -27,7 +27,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from . import scope
+from . import quiet, scope
 from .compat import check_compatibility, spec_from_model
 from .config import GEMConfig
 from .errors import GEMError
@@ -193,10 +193,11 @@ def load_adapter(gem, path: str | os.PathLike, name: str = "default", *, allow_p
     before = active_adapters(gem)
     unfuse_adapters(gem)
     if _is_peft(gem):
-        with tolerant_token_wrappers():
+        with tolerant_token_wrappers(), quiet.peft_calls():
             gem.model.load_adapter(str(folder.path), adapter_name=name, is_trainable=False)
     else:
-        gem.model = PeftModel.from_pretrained(gem.model, str(folder.path), adapter_name=name, is_trainable=False)
+        with quiet.peft_calls():
+            gem.model = PeftModel.from_pretrained(gem.model, str(folder.path), adapter_name=name, is_trainable=False)
         before = []
     registry.configs[name] = folder.gem_config
     gem.model.eval()

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import quiet
 from ..compat import _unwrapped, check_compatibility, embedding_targets, spec_from_folder
 from ..errors import GEMError
 from ..files import AdapterFolder, atomic_output, check_output, parse_dtype, read_adapter
@@ -180,7 +181,8 @@ def build_merged(base_path: str, folder: AdapterFolder, spec) -> dict[str, Any]:
     if untie_first:
         untie(lm)
     gem = GEMModel(lm, AutoTokenizer.from_pretrained(str(folder.path)), dataclasses.replace(folder.gem_config))
-    gem.model = PeftModel.from_pretrained(gem.model, str(folder.path), is_trainable=False)
+    with quiet.peft_calls():
+        gem.model = PeftModel.from_pretrained(gem.model, str(folder.path), is_trainable=False)
     gem.model.eval()
     if untie_first:
         copy_rows_to_output(gem)  # what PEFT's tied token rows do for the output matrix

@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .. import quiet
 from ..compat import check_compatibility, spec_from_folder
 from ..errors import GEMError, IncompatibleError
 from ..files import (
@@ -126,8 +127,9 @@ def stack(
         _same_target_type(peft_model, names)
         torch.manual_seed(seed)
         try:
-            peft_model.add_weighted_adapter(names, weights, _COMBINED, combination_type=method,
-                                            density=density, svd_rank=svd_rank)
+            with quiet.peft_calls():
+                peft_model.add_weighted_adapter(names, weights, _COMBINED, combination_type=method,
+                                                density=density, svd_rank=svd_rank)
         except (ValueError, TypeError, RuntimeError) as exc:
             raise GEMError(f"PEFT could not combine the adapters with {method!r}: {exc}") from None
         from ..runtime import tolerant_token_wrappers
@@ -208,10 +210,11 @@ def _load_all(base_path: str, folders: dict[str, AdapterFolder], source: str):
     lm = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
     gem = GEMModel(lm, AutoTokenizer.from_pretrained(str(folders[source].path)), folders[source].gem_config)
     names = list(folders)
-    model = PeftModel.from_pretrained(gem.model, str(folders[names[0]].path), adapter_name=names[0], is_trainable=False)
+    with quiet.peft_calls():
+        model = PeftModel.from_pretrained(gem.model, str(folders[names[0]].path), adapter_name=names[0], is_trainable=False)
     from ..runtime import tolerant_token_wrappers
 
-    with tolerant_token_wrappers():
+    with tolerant_token_wrappers(), quiet.peft_calls():
         for name in names[1:]:
             model.load_adapter(str(folders[name].path), adapter_name=name, is_trainable=False)
     return model

@@ -72,7 +72,7 @@ def embed_command(base, adapter, no_adapter, input_path, inline_texts, out, outp
     else:
         texts = read_input_texts(input_path, field)
     adapter = chosen_adapter(base, adapter, no_adapter)
-    check_output(out, folder=False, force=force)
+    target = check_output(out, folder=False, force=force)
 
     model = GEMModel.from_pretrained(base, adapter=adapter, load_in_4bit=load_in_4bit, allow_pickle=allow_pickle,
                                      dtype=dtype)
@@ -80,9 +80,9 @@ def embed_command(base, adapter, no_adapter, input_path, inline_texts, out, outp
         raise GEMError(f"--dimensions {dimensions} exceeds this model's embedding size {model.embedding_dim}")
     vectors = model.encode(
         texts, batch_size=batch_size, normalize=not no_normalize, max_length=max_length,
-        pooling=pooling, show_progress_bar=True, dimensions=dimensions,
+        pooling=pooling, show_progress_bar=len(texts) > batch_size, dimensions=dimensions,
     )
-    write_npy_atomically(vectors, out)
+    write_npy_atomically(vectors, target)
     click.echo(f"wrote {vectors.shape[0]} x {vectors.shape[1]} embeddings to {out}")
     if inline_texts and len(texts) > 1 and not no_normalize:
         click.echo("cosine similarity:")

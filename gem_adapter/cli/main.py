@@ -7,11 +7,13 @@ the problem and the fix; ``gem --debug`` (or ``GEM_DEBUG=1``) shows the tracebac
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
 
 from ..hub import DEFAULT_MODEL
+from ..quiet import VERBOSE_ENV, quiet_loading_bars
 from ..version import __version__
 from .adapters import inspect_command, merge_command, stack_command, swap_command
 from .common import DEBUG_ENV, library_errors
@@ -26,8 +28,10 @@ from .train import train_command
 @click.group()
 @click.version_option(__version__, prog_name="gem-adapter")
 @click.option("--debug", is_flag=True, help=f"Show the full traceback of an error (also: {DEBUG_ENV}=1).")
+@click.option("--verbose", is_flag=True,
+              help=f"Show the libraries' own warnings and model-loading bars, hidden by default (also: {VERBOSE_ENV}=1).")
 @click.pass_context
-def main(ctx: click.Context, debug: bool) -> None:
+def main(ctx: click.Context, debug: bool, verbose: bool) -> None:
     """GEM: embeddings from a decoder LLM that keeps generating.
 
     \b
@@ -37,6 +41,10 @@ def main(ctx: click.Context, debug: bool) -> None:
       gem embed --base ./my-llama --adapter ./gem-adapter --input docs.jsonl --out docs.npy
     """
     ctx.meta["gem.debug"] = debug
+    if verbose:
+        os.environ[VERBOSE_ENV] = "1"  # read where the noise starts (quiet.py), in this process and its children
+    elif ctx.invoked_subcommand not in (None, "info"):
+        quiet_loading_bars()
 
 
 @main.command()

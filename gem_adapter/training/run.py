@@ -112,6 +112,9 @@ def check_matryoshka_fits(config: GEMTrainingConfig, base_path: str) -> None:
 
 def build_peft_model(config: GEMTrainingConfig):
     """Base model with GEM tokens, wrapped in LoRA with trainable GEM rows only (both float32)."""
+    from .. import quiet
+
+    quiet.import_peft(config.load_in_4bit)  # bitsandbytes only for 4-bit (quiet.py)
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import set_seed
 
@@ -133,7 +136,8 @@ def build_peft_model(config: GEMTrainingConfig):
         trainable_token_indices=list(gem.gem_token_ids),
     )
     set_seed(config.seed)  # LoRA's A matrices are drawn here: same seed, same adapter
-    peft_model = get_peft_model(model, lora)
+    with quiet.peft_calls():
+        peft_model = get_peft_model(model, lora)
     trainable_in_float32(peft_model)
     scope.install(peft_model, config.adapter_scope)
     gem.model = peft_model
