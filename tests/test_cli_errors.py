@@ -107,6 +107,8 @@ EVAL = ["eval", "--base", "{model}", "--tasks", "STSBenchmark", "--data-dir", "{
 MERGE = ["merge", "--base", "{model}", "--adapter", "{work}/empty-dir"]
 STACK = ["stack", "--base", "{model}", "--adapter", "gem={work}/empty-dir", "--adapter", "b={work}/empty-dir"]
 SWAP = ["swap", "--base", "{model}", "--adapter", "{work}/empty-dir"]
+EXPORT = ["export", "--base", "{model}", "--adapter", "{work}/empty-dir", "--format", "sentence-transformers"]
+PAIRS = ["pairs", "--data-dir", "{work}"]
 
 
 def output_cases(command: str, prefix: list[str], file_output: bool) -> list:
@@ -117,6 +119,9 @@ def output_cases(command: str, prefix: list[str], file_output: bool) -> list:
          f"cannot write {{readonly}}/{name}: folder {{readonly}} is not writable"),
         (f"{command}-out-under-a-file", prefix + ["--out", f"{{work}}/a-file/{name}"], None,
          f"cannot create {{work}}/a-file/{name}: {{work}}/a-file is a file, not a folder; choose another --out"),
+        # through a missing folder and back out of it: judged where it leads (under a file), not let through
+        (f"{command}-out-through-a-missing-folder", prefix + ["--out", f"{{work}}/none/sub/../../a-file/{name}"], None,
+         f"cannot create {{work}}/none/sub/../../a-file/{name}: {{work}}/a-file is a file, not a folder"),
     ]
     if file_output:
         cases += [
@@ -177,6 +182,8 @@ CASES = [
      None, "output folder {work}/used-dir is not empty; pass --force to replace it, or choose another --merged-out"),
     ("swap-adapter-missing", ["swap", "--base", "{model}", "--adapter", "{work}/no-adapter", "--out", "{work}/w"],
      None, "adapter folder {work}/no-adapter does not exist; check the path"),
+    *output_cases("export", EXPORT, file_output=False),
+    *output_cases("pairs", PAIRS, file_output=True),
     ("inspect-missing", ["inspect", "{work}/nothing-here"], None, "{work}/nothing-here does not exist"),
     ("inspect-a-file", ["inspect", "{work}/a-file"], None, "{work}/a-file is a file, not a folder"),
     ("inspect-not-an-adapter", ["inspect", "{work}/used-dir"], None,
@@ -186,7 +193,7 @@ CASES = [
 
 def test_every_command_has_cases():
     covered = {case[1][0] for case in CASES}
-    assert covered == {"embed", "train", "eval", "merge", "stack", "swap", "inspect"}
+    assert covered == {"embed", "train", "eval", "merge", "stack", "swap", "export", "pairs", "inspect"}
 
 
 @pytest.mark.parametrize("case_id, arguments, stdin, expected", CASES, ids=[case[0] for case in CASES])

@@ -44,8 +44,8 @@ def merge_command(base, adapter, out, dtype, force, allow_pickle, as_json) -> No
     """
     from ..adapters import merge
 
-    check_output(out, folder=True, force=force)
-    report = merge(base, adapter, out, dtype=dtype, force=force, allow_pickle=allow_pickle)
+    target = check_output(out, folder=True, force=force)
+    report = merge(base, adapter, target, dtype=dtype, force=force, allow_pickle=allow_pickle)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:
@@ -85,8 +85,8 @@ def stack_command(base, adapters, weights, method, density, svd_rank, gem_rows_f
         if name in named:
             raise click.UsageError(f"adapter name {name!r} is given twice; names must differ")
         named[name] = Path(folder)
-    check_output(out, folder=True, force=force)
-    report = stack(base, named, out, weights=parse_weights(weights, len(named)), method=method, force=force,
+    target = check_output(out, folder=True, force=force)
+    report = stack(base, named, target, weights=parse_weights(weights, len(named)), method=method, force=force,
                    allow_pickle=allow_pickle, density=density, svd_rank=svd_rank, gem_rows_from=gem_rows_from, seed=seed)
     _echo_lines(report.lines())
 
@@ -113,11 +113,12 @@ def swap_command(base, adapter, out, merge_model, merged_out, dtype, force, allo
 
     if merged_out is not None:
         merge_model = True
-    check_output(out, folder=True, force=force)
+    target = check_output(out, folder=True, force=force)
     if merge_model:
-        check_output(merged_out if merged_out is not None else Path(f"{out}-merged"), folder=True, force=force,
-                     option="--merged-out")
-    report = swap(base, adapter, out, merge_model=merge_model, merged_out=merged_out, dtype=dtype,
+        merged_target = check_output(merged_out if merged_out is not None else Path(f"{out}-merged"), folder=True,
+                                     force=force, option="--merged-out")
+        merged_out = merged_target if merged_out is not None else None
+    report = swap(base, adapter, target, merge_model=merge_model, merged_out=merged_out, dtype=dtype,
                   force=force, allow_pickle=allow_pickle)
     _echo_lines(report.lines())
 

@@ -124,27 +124,32 @@ def _check_writable(folder: Path, output: Path, option: str) -> None:
 
 def check_output(path: Path, *, folder: bool, force: bool, option: str = "--out",
                  force_hint: str = "pass --force to replace it") -> Path:
-    """Refuse an output that cannot or should not be written, before any work is done.
+    """Refuse an output that cannot or should not be written, before any work is done; return the
+    resolved path, which the command then writes.
 
     ``folder``: the output is a folder (else a file). An existing file or non-empty folder
-    is refused unless ``force``; ``force_hint`` says what to do about it.
+    is refused unless ``force``; ``force_hint`` says what to do about it. The path is resolved
+    first (symbolic links followed, ``..`` taken out, as ``os.path.realpath`` does), so a path
+    through a missing folder (``ro/sub/../../e.npy/x``) is judged where it really leads instead
+    of passing here and failing after the work. Messages name the path as given.
     """
-    path = Path(path)
+    given = Path(path)
+    path = Path(os.path.realpath(given))
     if path.exists():
         if not folder and path.is_dir():
-            raise GEMError(f"output {path} is a folder; {option} needs a file path such as {path / 'embeddings.npy'}")
+            raise GEMError(f"output {given} is a folder; {option} needs a file path such as {given / 'embeddings.npy'}")
         if folder and not path.is_dir():
-            raise GEMError(f"output {path} is a file, not a folder; choose another {option}")
+            raise GEMError(f"output {given} is a file, not a folder; choose another {option}")
         used = not folder or any(path.iterdir())
         if used and not force:
-            what = f"output folder {path} is not empty" if folder else f"output {path} exists"
+            what = f"output folder {given} is not empty" if folder else f"output {given} exists"
             raise GEMError(f"{what}; {force_hint}, or choose another {option}")
     ancestor = _nearest_existing(path.parent)
     if not ancestor.is_dir():
-        raise GEMError(f"cannot create {path}: {ancestor} is a file, not a folder; choose another {option}")
-    _check_writable(ancestor, path, option)
+        raise GEMError(f"cannot create {given}: {ancestor} is a file, not a folder; choose another {option}")
+    _check_writable(ancestor, given, option)
     if folder and path.is_dir():
-        _check_writable(path, path, option)
+        _check_writable(path, given, option)
     return path
 
 

@@ -42,8 +42,8 @@ def export_command(base, adapter, export_format, out, dtype, converter, force, a
     """
     from ..adapters import export
 
-    check_output(out, folder=True, force=force)
-    report = export(base, adapter, out, export_format, dtype=dtype, force=force, allow_pickle=allow_pickle,
+    target = check_output(out, folder=True, force=force)
+    report = export(base, adapter, target, export_format, dtype=dtype, force=force, allow_pickle=allow_pickle,
                     converter=converter)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))

@@ -40,8 +40,8 @@ def pairs_command(data_dir, out, force, sources, seed, max_per_source) -> None:
     data_dir = require(data_dir, "--data-dir")
     out = require(out, "--out")
     parse_sources(sources)  # the validation pass: a bad name fails before any file is read
-    check_output(out, folder=False, force=force)
+    target = check_output(out, folder=False, force=force)
     pairs = build_pairs(data_dir, sources=sources, seed=seed, max_per_source=max_per_source)
-    count = write_pairs(pairs, out)
+    count = write_pairs(pairs, target)
     counts = ", ".join(f"{source} {n}" for source, n in count_by_source(pairs).items())
     click.echo(f"wrote {count} pairs to {out} ({counts}); train splits of: {', '.join(train_splits_used(pairs))}")

@@ -89,10 +89,10 @@ def train_command(recipe, overrides, data, base, out, output_alias, resume, forc
     if resume:
         if not output_dir.is_dir():
             raise GEMError(f"--resume: output folder {output_dir} does not exist; nothing to resume")
-        check_output(output_dir, folder=True, force=True)
+        config.output_dir = str(check_output(output_dir, folder=True, force=True))
     else:
-        check_output(output_dir, folder=True, force=force,
-                     force_hint="pass --force to replace it, --resume to continue it")
+        config.output_dir = str(check_output(output_dir, folder=True, force=force,
+                                             force_hint="pass --force to replace it, --resume to continue it"))
     if config.data:
         corpus = Path(config.data)
         if not corpus.exists():
