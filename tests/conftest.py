@@ -135,6 +135,34 @@ def save_tiny_base(folder: Path, architecture: str = "llama") -> Path:
     return folder
 
 
+def random_gem_adapter(base: Path, out: Path, seed: int, template: str | None = None, num_gem_tokens: int = 1,
+                       adapter_scope: str = "all") -> Path:
+    """A GEM adapter with a random LoRA on q/v and random GEM rows, saved as training saves one
+    (no training needed to check that a loader applies it)."""
+    from peft import LoraConfig, get_peft_model
+
+    from gem_adapter import GEMConfig, GEMModel, quiet
+    from gem_adapter.config import base_fingerprint
+
+    config = GEMConfig(base_model=str(base), template=template, num_gem_tokens=num_gem_tokens,
+                       adapter_scope=adapter_scope)
+    gem = GEMModel.from_pretrained(base, config=config, dtype="float32")
+    torch.manual_seed(seed)
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False,
+                      trainable_token_indices=list(gem.gem_token_ids))
+    with quiet.peft_calls():
+        model = get_peft_model(gem.model, lora)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "trainable_tokens_delta" in name:
+                parameter.add_(torch.randn_like(parameter) * 0.5)
+    model.save_pretrained(out, save_embedding_layers=False)
+    gem.tokenizer.save_pretrained(out)
+    config.base_fingerprint = base_fingerprint(model.get_base_model().config)
+    config.save(out)
+    return out
+
+
 @pytest.fixture(params=ARCHITECTURES)
 def architecture(request) -> str:
     return request.param
@@ -168,22 +196,28 @@ def isolated_cache(request, tmp_path, monkeypatch):
     yield
 
 
-@pytest.fixture(scope="session")
-def cpuinfo_without_bf16(tmp_path_factory) -> Path:
-    """A cpuinfo file of a CPU without AMX-BF16/AVX512-BF16, outside every test's tmp_path."""
-    path = tmp_path_factory.mktemp("cpu") / "cpuinfo-without-bf16"
-    path.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\n")
-    return path
+# What ``dtype="auto"`` resolves to in the tests, whatever this processor computes natively:
+# float32 by default, bfloat16 with GEM_TEST_DTYPE=bfloat16 (the path a CPU with AVX512-BF16 or
+# AMX takes, run on any CPU: bfloat16 is emulated where it is not native). Tests that compare
+# numbers pin the dtype they compare in; this decides only what the unpinned rest runs in.
+TEST_DTYPE = os.environ.get("GEM_TEST_DTYPE", "float32").strip().lower()
+if TEST_DTYPE not in ("float32", "bfloat16"):
+    raise pytest.UsageError(f"GEM_TEST_DTYPE={TEST_DTYPE!r}: use float32 or bfloat16")
 
 
-@pytest.fixture(autouse=True)
-def auto_dtype_is_float32(cpuinfo_without_bf16, monkeypatch):
-    """``dtype="auto"`` resolves to float32 on every CPU in tests: they compare float32 numbers.
+@pytest.fixture(scope="session", autouse=True)
+def auto_dtype_for_tests(tmp_path_factory):
+    """``dtype="auto"`` means ``TEST_DTYPE`` for the whole session, module-scoped fixtures included.
 
-    On a CPU with AMX-BF16/AVX512-BF16, ``auto`` would load bfloat16; here the cpuinfo reader
-    sees a CPU without those flags. tests/test_precision.py points it at flags of its own.
+    The cpuinfo reader sees a CPU with or without AVX512-BF16 (tests/test_precision.py points it
+    at flags of its own). Session-wide, so that a model a module fixture loads is not bfloat16 on
+    one processor and float32 on another.
     """
     from gem_adapter import precision
 
-    monkeypatch.setattr(precision, "CPUINFO", cpuinfo_without_bf16)
-    yield
+    flags = "fpu sse2 avx2 fma" + (" avx512_bf16" if TEST_DTYPE == "bfloat16" else "")
+    path = tmp_path_factory.mktemp("cpu") / f"cpuinfo-{TEST_DTYPE}"
+    path.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(precision, "CPUINFO", path)
+        yield

@@ -21,10 +21,9 @@ import numpy as np
 import openai
 import pytest
 import torch
-from conftest import save_tiny_base
+from conftest import random_gem_adapter, save_tiny_base
 
 from gem_adapter import GEMConfig, GEMModel
-from gem_adapter.config import base_fingerprint
 
 pytest.importorskip("fastapi")
 uvicorn = pytest.importorskip("uvicorn")
@@ -37,6 +36,9 @@ CHAT_TEMPLATE = (
 )
 TEXTS = ["the dog near the river", "a boat", "Sentence 3 talks about the tree.", "x"]
 BASE = "tiny-base"
+# The server and the in-process reference compare in float32, whatever dtype="auto" means on this
+# processor; the bfloat16 tests at the end compare in bfloat16, to bfloat16's precision.
+DTYPE = "float32"
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -73,27 +75,6 @@ def with_chat_template(gem: GEMModel) -> GEMModel:
     return gem
 
 
-def gem_adapter_folder(base: Path, out: Path, seed: int, template: str | None = None) -> Path:
-    """A GEM adapter (random LoRA on q/v, random GEM rows), saved as training saves one."""
-    from peft import LoraConfig, get_peft_model
-
-    config = GEMConfig(base_model=str(base), template=template)
-    gem = GEMModel.from_pretrained(base, config=config)
-    torch.manual_seed(seed)
-    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False,
-                      trainable_token_indices=list(gem.gem_token_ids))
-    model = get_peft_model(gem.model, lora)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if "trainable_tokens_delta" in name:
-                parameter.add_(torch.randn_like(parameter) * 0.5)
-    model.save_pretrained(out, save_embedding_layers=False)
-    gem.tokenizer.save_pretrained(out)
-    config.base_fingerprint = base_fingerprint(model.get_base_model().config)
-    config.save(out)
-    return out
-
-
 def vectors_of(response) -> np.ndarray:
     return np.array([item.embedding for item in response.data], dtype=np.float32)
 
@@ -120,24 +101,24 @@ def base_folder(root) -> Path:
 @pytest.fixture(scope="module")
 def adapters(root, base_folder) -> dict[str, Path]:
     return {
-        "gem": gem_adapter_folder(base_folder, root / "adapter-gem", seed=1, template="Text: {text}"),
-        "other": gem_adapter_folder(base_folder, root / "adapter-other", seed=2),
+        "gem": random_gem_adapter(base_folder, root / "adapter-gem", seed=1, template="Text: {text}"),
+        "other": random_gem_adapter(base_folder, root / "adapter-other", seed=2),
     }
 
 
 @pytest.fixture(scope="module")
 def reference(base_folder, adapters) -> dict[str, GEMModel]:
     """In-process models: the bare base and the base with each adapter (what the server must match)."""
-    models = {BASE: with_chat_template(GEMModel.from_pretrained(base_folder))}
+    models = {BASE: with_chat_template(GEMModel.from_pretrained(base_folder, dtype=DTYPE))}
     for name, folder in adapters.items():
-        models[name] = with_chat_template(GEMModel.from_pretrained(base_folder, adapter=folder))
+        models[name] = with_chat_template(GEMModel.from_pretrained(base_folder, adapter=folder, dtype=DTYPE))
     return models
 
 
 @pytest.fixture(scope="module")
 def server(base_folder):
     """The main server: the bare tiny base, a small body limit for the 413 cases."""
-    gem = with_chat_template(GEMModel.from_pretrained(base_folder))
+    gem = with_chat_template(GEMModel.from_pretrained(base_folder, dtype=DTYPE))
     app = create_app(gem, model_name=BASE, max_body_bytes=256 * 1024, max_tokens=256)
     with LiveServer(app) as live:
         yield live
@@ -228,6 +209,10 @@ def test_chat_and_completions_greedy_equal_generate(client, reference):
 
     completion = client.completions.create(model=BASE, prompt="The dog", max_tokens=10, temperature=0)
     assert completion.choices[0].text == gem.generate("The dog", max_new_tokens=10, do_sample=False)
+    # fields this server does not implement are accepted at the values that change nothing
+    neutral = client.completions.create(model=BASE, prompt="The dog", max_tokens=10, temperature=0,
+                                        presence_penalty=0, frequency_penalty=0.0, logit_bias={})
+    assert neutral.choices[0].text == completion.choices[0].text
     streamed = client.completions.create(model=BASE, prompt="The dog", max_tokens=10, temperature=0, stream=True)
     assert "".join(c.choices[0].text for c in streamed) == completion.choices[0].text
 
@@ -247,7 +232,7 @@ def test_sampling_is_seeded_and_stop_strings_cut(client, reference):
 
 
 def test_disconnected_stream_stops_its_generation(base_folder):
-    gem = with_chat_template(GEMModel.from_pretrained(base_folder))
+    gem = with_chat_template(GEMModel.from_pretrained(base_folder, dtype=DTYPE))
     app = create_app(gem, model_name=BASE)
     worker = app.state.gem_worker
 
@@ -348,7 +333,7 @@ def test_concurrent_requests_over_adapters_do_not_cross_talk(server, client, ada
             np.testing.assert_allclose(vector, expected[(name, text)], atol=1e-5, err_msg=f"{name}: {text}")
         assert len(results) == 32
         a3 = vectors_of(client.embeddings.create(model="a3", input=texts[:4]))
-        other = GEMModel.from_pretrained(base_folder, adapter=adapters["other"])
+        other = GEMModel.from_pretrained(base_folder, adapter=adapters["other"], dtype=DTYPE)
         np.testing.assert_allclose(a3, other.encode(texts[:4]), atol=1e-5)
     finally:
         for name in ("a1", "a2", "a3"):
@@ -394,6 +379,13 @@ def bad_requests(tmp_path: Path):
         ("chat: n=2", "POST", "/v1/chat/completions", {"json": {"model": BASE, "n": 2, "messages": [{"role": "user", "content": "a"}]}}, 400, None, "n = 2"),
         ("chat: image part", "POST", "/v1/chat/completions", {"json": {"model": BASE, "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}}, 400, None, "messages[0].content[0]"),
         ("chat: max_tokens over limit", "POST", "/v1/chat/completions", {"json": {"model": BASE, "max_tokens": 10_000, "messages": [{"role": "user", "content": "a"}]}}, 400, None, "max_tokens"),
+        *[(f"chat: {field}", "POST", "/v1/chat/completions", {"json": {"model": BASE, field: value, "messages": [{"role": "user", "content": "a"}]}}, 400, None, field)
+          for field, value in (("presence_penalty", 0.5), ("frequency_penalty", -1), ("logit_bias", {"5": 10}),
+                               ("top_logprobs", 2), ("top_k", 5), ("repetition_penalty", 1.2))],
+        ("completion: presence_penalty", "POST", "/v1/completions", {"json": {"model": BASE, "prompt": "ab", "presence_penalty": 1}}, 400, None, "presence_penalty"),
+        ("completion: logit_bias", "POST", "/v1/completions", {"json": {"model": BASE, "prompt": "ab", "logit_bias": {"5": -100}}}, 400, None, "logit_bias"),
+        ("embeddings: vLLM's truncate_prompt_tokens", "POST", "/v1/embeddings", embed(input="a", truncate_prompt_tokens=4), 400, None, "gem_truncate"),
+        ("embeddings: normalize false", "POST", "/v1/embeddings", embed(input="a", normalize=False), 400, None, "normalize"),
         ("chat: temperature 3", "POST", "/v1/chat/completions", {"json": {"model": BASE, "temperature": 3, "messages": [{"role": "user", "content": "a"}]}}, 400, None, "temperature"),
         ("completion: two prompts", "POST", "/v1/completions", {"json": {"model": BASE, "prompt": ["a", "b"]}}, 400, None, "one prompt"),
         ("completion: prompt over the context", "POST", "/v1/completions", {"json": {"model": BASE, "prompt": "a" * 600}}, 400, "context_length_exceeded", "600 tokens"),
@@ -424,7 +416,7 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(server, cli
 
 
 def test_api_key(base_folder):
-    gem = GEMModel.from_pretrained(base_folder)
+    gem = GEMModel.from_pretrained(base_folder, dtype=DTYPE)
     with LiveServer(create_app(gem, model_name=BASE, api_key="sekret")) as live:
         assert httpx.get(f"{live.url}/health").status_code == 200
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "sekret"}):
@@ -441,7 +433,7 @@ def test_api_key(base_folder):
 
 
 def test_metrics_and_a_full_queue(base_folder):
-    gem = GEMModel.from_pretrained(base_folder)
+    gem = GEMModel.from_pretrained(base_folder, dtype=DTYPE)
     encode = gem.encode
     entered, release = threading.Event(), threading.Event()
 
@@ -478,7 +470,7 @@ def test_metrics_and_a_full_queue(base_folder):
 def test_app_mounts_inside_another_asgi_app(base_folder):
     from fastapi import FastAPI
 
-    gem = GEMModel.from_pretrained(base_folder)
+    gem = GEMModel.from_pretrained(base_folder, dtype=DTYPE)
     outer = FastAPI()
     outer.mount("/gem", create_app(gem, model_name=BASE))
     with LiveServer(outer) as live:
@@ -488,10 +480,38 @@ def test_app_mounts_inside_another_asgi_app(base_folder):
         assert httpx.get(f"{live.url}/gem/health").status_code == 200
 
 
+# ----------------------------------------------------------------------------- bfloat16
+def test_bfloat16_server_gives_encode_s_vectors(base_folder, adapters):
+    """In bfloat16 a text's vector depends, by bfloat16 rounding, on what else is in its batch
+    (tests/test_bfloat16.py): the same batch gives the same vectors, another batch vectors within
+    BF16_EPS = 2**-7 (L2 of unit vectors). The server batches requests with others, so it is held
+    to the same: equal to ``encode`` of the same texts, within BF16_EPS of any other batching."""
+    bf16_eps = torch.finfo(torch.bfloat16).eps
+    gem = GEMModel.from_pretrained(base_folder, dtype="bfloat16")
+    adapted = GEMModel.from_pretrained(base_folder, adapter=adapters["gem"], dtype="bfloat16", fuse=False)
+    expected = gem.encode(TEXTS)
+    with LiveServer(create_app(gem, model_name=BASE)) as live:
+        client = live.client()
+        batch = vectors_of(client.embeddings.create(model=BASE, input=TEXTS))
+        np.testing.assert_array_equal(batch, expected)
+        np.testing.assert_allclose(np.linalg.norm(batch, axis=1), 1.0, atol=1e-6)
+        for index, text in enumerate(TEXTS):
+            alone = vectors_of(client.embeddings.create(model=BASE, input=text))[0]
+            np.testing.assert_array_equal(alone, gem.encode(text))
+            assert np.linalg.norm(alone - expected[index]) <= bf16_eps
+        cut = vectors_of(client.embeddings.create(model=BASE, input=TEXTS, dimensions=8))
+        np.testing.assert_allclose(cut, gem.encode(TEXTS, dimensions=8), atol=1e-6)
+        np.testing.assert_allclose(np.linalg.norm(cut, axis=1), 1.0, atol=1e-6)
+        http = httpx.Client(base_url=live.url, timeout=60)
+        assert http.post("/v1/load_lora_adapter", json={"lora_name": "gem", "lora_path": str(adapters["gem"])}).status_code == 200
+        served = vectors_of(client.embeddings.create(model="gem", input=TEXTS))
+        np.testing.assert_array_equal(served, adapted.encode(TEXTS))
+
+
 # ----------------------------------------------------------------------------- real model
 @pytest.mark.real_model
 def test_real_default_model_through_the_server():
-    gem = GEMModel.from_pretrained("smollm2-135m")
+    gem = GEMModel.from_pretrained("smollm2-135m", dtype=DTYPE)
     messages = [{"role": "user", "content": "What is the capital of France?"}]
     prompt = gem.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     expected_text = gem.generate(prompt, max_new_tokens=12, do_sample=False)  # in-process, before serving
@@ -506,7 +526,7 @@ def test_real_default_model_through_the_server():
                                                   temperature=0, stream=True)
         assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == expected_text
     # the shipped adapter is scoped to the GEM tokens: what the server generates is the bare base's
-    bare = GEMModel.from_pretrained("smollm2-135m", adapter=None)
+    bare = GEMModel.from_pretrained("smollm2-135m", adapter=None, dtype=DTYPE)
     assert bare.generate(prompt, max_new_tokens=12, do_sample=False) == expected_text
 
 

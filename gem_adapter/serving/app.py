@@ -30,6 +30,7 @@ from .inputs import InputChecker
 from .metrics import Metrics
 from .scheduler import AdapterOp, EmbeddingJob, Worker
 from .schemas import (
+    UNSUPPORTED_EMBEDDING,
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
@@ -37,6 +38,7 @@ from .schemas import (
     ModelCard,
     ModelList,
     UnloadLoraAdapterRequest,
+    refused_field,
 )
 from .settings import ServingSettings
 from .streaming import GenerationCall, complete, stream_response
@@ -114,6 +116,11 @@ def create_app(model, *, model_name: str, api_key: str | None = None, allow_pick
         ``gem_truncate`` (cut texts over the token limit instead of a 400). ``dimensions`` keeps
         the first values of each vector, re-normalised (Matryoshka; ``encode(dimensions=)``)."""
         worker.adapters_for(body.model)  # 404 before any work
+        refused = refused_field(body, UNSUPPORTED_EMBEDDING)
+        if refused is not None:
+            raise APIError(400, f"{refused} = {getattr(body, refused)!r} is not supported by this server; leave it out"
+                                + (" (gem_truncate: true cuts long inputs)" if refused == "truncate_prompt_tokens" else ""),
+                           param=refused)
         if body.dimensions is not None and not 1 <= body.dimensions <= hidden_size:
             raise APIError(400, f"dimensions = {body.dimensions}: must lie in 1..{hidden_size}, the size of this "
                                 "model's embeddings", param="dimensions")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from .errors import APIError
 from .generation import SamplingParams
+from .schemas import UNSUPPORTED_SAMPLING, refused_field
 
 
 def _kind(value) -> str:
@@ -164,6 +165,10 @@ class InputChecker:
             raise APIError(400, f"n = {body.n}: this server returns one choice per request", param="n")
         if body.logprobs:
             raise APIError(400, "logprobs are not supported by this server", param="logprobs")
+        refused = refused_field(body, UNSUPPORTED_SAMPLING)
+        if refused is not None:
+            raise APIError(400, f"{refused} = {getattr(body, refused)!r} is not supported by this server; leave it out",
+                           param=refused)
         for name in ("tools", "echo", "suffix"):
             if getattr(body, name, None):
                 raise APIError(400, f"{name} is not supported by this server", param=name)

@@ -1,8 +1,10 @@
 """Request and response bodies of the OpenAI-compatible API, field for field as OpenAI names them.
 
-Requests ignore fields they do not know (clients send ``user`` and friends); fields that would
-change the result and are not supported (``n`` > 1, ``logprobs``, tools) are refused by the
-routes with a 400 naming the field. The ``gem_*`` fields are this server's extensions (pass
+Requests ignore fields they do not know and that change nothing (clients send ``user``,
+``metadata`` and friends). Fields that would change the result and are not implemented are
+declared here so that they are never dropped unseen: the routes refuse each with a 400 naming
+the field unless it holds its neutral value (``UNSUPPORTED_SAMPLING``, ``UNSUPPORTED_EMBEDDING``;
+also ``n`` > 1, ``logprobs``, tools). The ``gem_*`` fields are this server's extensions (pass
 them with the OpenAI client's ``extra_body``).
 
 ``input`` and ``prompt`` are typed ``Any`` on purpose: the routes check them item by item, so
@@ -22,6 +24,51 @@ class _Request(BaseModel):
 
 class _Response(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+# Result-changing fields of OpenAI's (and vLLM's) requests that this server does not implement,
+# with the values that change nothing (accepted: a client may send the default explicitly).
+UNSUPPORTED_SAMPLING: dict[str, tuple[Any, ...]] = {
+    "presence_penalty": (0, 0.0),
+    "frequency_penalty": (0, 0.0),
+    "logit_bias": ({},),
+    "top_logprobs": (0,),
+    "tool_choice": ("none",),
+    "functions": ([],),
+    "function_call": ("none",),
+    "prediction": (),
+    "modalities": (["text"],),
+    "audio": (),
+    "reasoning_effort": (),
+    "top_k": (0, -1),
+    "min_p": (0, 0.0),
+    "repetition_penalty": (1, 1.0),
+    "min_tokens": (0,),
+    "ignore_eos": (False,),
+    "guided_json": (),
+    "guided_regex": (),
+    "guided_choice": (),
+    "guided_grammar": (),
+}
+UNSUPPORTED_EMBEDDING: dict[str, tuple[Any, ...]] = {
+    "truncate_prompt_tokens": (),  # vLLM's; here: gem_truncate
+    "normalize": (True,),  # vLLM's; vectors here are always unit length
+}
+
+
+def refused_field(body: BaseModel, fields: dict[str, tuple[Any, ...]]) -> str | None:
+    """The first of ``fields`` that ``body`` sets to a value other than its neutral ones, or None."""
+    for name, neutral in fields.items():
+        value = getattr(body, name, None)
+        if value is not None and not any(_same(value, ok) for ok in neutral):
+            return name
+    return None
+
+
+def _same(value: Any, neutral: Any) -> bool:
+    if isinstance(value, bool) or isinstance(neutral, bool):  # True == 1 and False == 0 in Python
+        return value is neutral
+    return value == neutral
 
 
 # ----------------------------------------------------------------------------- errors
@@ -49,6 +96,9 @@ class EmbeddingRequest(_Request):
         None, description="extension: the task instruction for gem_input_type (query: 'Instruct: ...\\nQuery: text')")
     gem_truncate: bool | None = Field(
         None, description="extension: cut inputs over the token limit instead of refusing them (default: server setting)")
+    # declared only to be refused when set (UNSUPPORTED_EMBEDDING)
+    truncate_prompt_tokens: Any = None
+    normalize: Any = None
 
 
 class Embedding(_Response):
@@ -86,6 +136,27 @@ class _SamplingRequest(_Request):
     n: int | None = Field(None, ge=1)
     logprobs: bool | int | None = None
     user: str | None = None
+    # declared only to be refused when set (UNSUPPORTED_SAMPLING)
+    presence_penalty: Any = None
+    frequency_penalty: Any = None
+    logit_bias: Any = None
+    top_logprobs: Any = None
+    tool_choice: Any = None
+    functions: Any = None
+    function_call: Any = None
+    prediction: Any = None
+    modalities: Any = None
+    audio: Any = None
+    reasoning_effort: Any = None
+    top_k: Any = None
+    min_p: Any = None
+    repetition_penalty: Any = None
+    min_tokens: Any = None
+    ignore_eos: Any = None
+    guided_json: Any = None
+    guided_regex: Any = None
+    guided_choice: Any = None
+    guided_grammar: Any = None
 
 
 class ChatMessage(_Request):
