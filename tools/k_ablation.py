@@ -76,7 +76,7 @@ def main() -> None:
     results: dict = {"recipe": args.recipe, "overrides": overrides, "wikitext_tokens": args.wikitext_tokens, "rows": []}
     base_ppl = None
     if args.wikitext_tokens:
-        base = GEMModel.from_pretrained(load_recipe(args.recipe, overrides).base_model, adapter=None)
+        base = GEMModel.from_pretrained(load_recipe(args.recipe, overrides).base_model, adapter=None, dtype="float32")
         base_ppl = evaluate_wikitext2(base, DATA, max_tokens=args.wikitext_tokens, show_progress=False)["perplexity"]
         results["base_wikitext2_ppl"] = round(base_ppl, 3)
         del base
@@ -93,7 +93,7 @@ def main() -> None:
         if not (folder / "gem_config.json").is_file():
             train(config, overwrite=True)
         summary = json.loads((folder / "train_summary.json").read_text())
-        model = GEMModel.from_pretrained(config.base_model, adapter=folder)
+        model = GEMModel.from_pretrained(config.base_model, adapter=folder, dtype="float32")
         start = time.time()
         row = {"k": k, "seed": seed, "sts_dev": spearman_x100(model, left, right, gold),
                "sts_dev_seconds": round(time.time() - start, 1), "train_steps": summary["global_step"],

@@ -19,7 +19,7 @@ def bench_encode(args, results: dict) -> None:
     from gem_adapter.hub import resolve_base
 
     texts = sentences(args.encode_texts)
-    gem = GEMModel.from_pretrained(args.base, adapter=None)
+    gem = GEMModel.from_pretrained(args.base, adapter=None, dtype=torch.float32)  # the same dtype as the other side
     model_kwargs = {"dtype": torch.float32, "attn_implementation": "sdpa"}
     inferred = models.Transformer(resolve_base(args.base), model_kwargs=model_kwargs)
     # sentence-transformers 6 renders plain strings through the tokenizer's chat template when
