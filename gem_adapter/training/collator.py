@@ -13,8 +13,11 @@ every batch also carries that many pairs drawn without replacement, in the same 
 form as the views: ``pair_anchor_*``, ``pair_positive_*``, ``pair_negative_*`` (the hard
 negatives of the drawn pairs that have one) and ``pair_mask``, True where a column must not
 count as a negative for a row (same text as the row's positive, or the same ``group``:
-anchor text or label). The draw is a function of (seed, epoch, the batch's example
-indices), so each data-parallel process draws its own pairs and a resumed run the same ones.
+anchor text or label). ``pair_positive_key``, ``pair_group_key`` and ``pair_negative_key``
+(int64, one per row; ``text_key``) carry what that rule reads, so ``pair_mask`` can be rebuilt
+over the pairs of every data-parallel process (``distributed.py``). The draw is a function of
+(seed, epoch, the batch's example indices), so each data-parallel process draws its own pairs
+and a resumed run the same ones.
 
 Randomness is a pure function of (seed, epoch, example index), never of a running RNG, so
 a run resumed from a checkpoint draws exactly what the uninterrupted run drew.
@@ -34,6 +37,8 @@ keeps the (seq x seq) tensor out of the data loader and out of any padding code 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +50,27 @@ from ..tokens import embedding_ids, pad_batch, plain_ids, split_ids
 
 IGNORE_INDEX = -100
 VIEW_MODES: tuple[str, ...] = ("crop", "dropout")
+NO_GROUP = -1  # the group key of a pair without a group (text_key is never negative)
+
+
+def text_key(value: list[int] | str) -> int:
+    """A 63-bit key of a token-id list or a string, the same in every process and run (blake2b)."""
+    digest = hashlib.blake2b(json.dumps(value).encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
+
+
+def pair_mask(positive_keys: torch.Tensor, group_keys: torch.Tensor, negative_keys: torch.Tensor) -> torch.Tensor:
+    """(n, n + m) bool, True where a column is not a negative of a row: the same text as the row's positive,
+    or (positive columns) a pair of the same group. The row's own positive (the diagonal) stays False.
+
+    Columns are the n positives then the m hard negatives, keyed by ``text_key``; group keys are
+    ``NO_GROUP`` for pairs without one, which share a group with no other pair.
+    """
+    rows = positive_keys.shape[0]
+    mask = positive_keys[:, None] == torch.cat([positive_keys, negative_keys])[None, :]
+    mask[:, :rows] |= (group_keys[:, None] == group_keys[None, :]) & (group_keys[:, None] != NO_GROUP)
+    mask[torch.arange(rows), torch.arange(rows)] = False
+    return mask
 
 
 @dataclass
@@ -123,16 +149,13 @@ class GEMCollator:
         rng = self.pairs_rng(indices)
         drawn = [self.pairs[i] for i in rng.sample(range(len(self.pairs)), min(self.pairs_per_batch, len(self.pairs)))]
         negatives = [p["negative"] for p in drawn if p.get("negative")]
-        columns = [list(p["positive"]) for p in drawn] + [list(n) for n in negatives]
-        mask = torch.zeros(len(drawn), len(columns), dtype=torch.bool)
-        for row, pair in enumerate(drawn):
-            for column, ids in enumerate(columns):
-                if column == row:
-                    continue
-                group = pair.get("group")
-                same_group = column < len(drawn) and group is not None and drawn[column].get("group") == group
-                mask[row, column] = same_group or ids == list(pair["positive"])
-        batch = {"pair_mask": mask}
+        keys = {
+            "pair_positive_key": torch.tensor([text_key(p["positive"]) for p in drawn], dtype=torch.long),
+            "pair_group_key": torch.tensor([NO_GROUP if p.get("group") is None else text_key(p["group"]) for p in drawn],
+                                           dtype=torch.long),
+            "pair_negative_key": torch.tensor([text_key(n) for n in negatives], dtype=torch.long),
+        }
+        batch = {"pair_mask": pair_mask(keys["pair_positive_key"], keys["pair_group_key"], keys["pair_negative_key"]), **keys}
         rows = {"anchor": [p["anchor"] for p in drawn], "positive": [p["positive"] for p in drawn], "negative": negatives}
         for name, texts in rows.items():
             if texts:

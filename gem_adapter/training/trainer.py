@@ -2,7 +2,8 @@
 
 The trainer adds behaviour only: a loss computed under the GEM mask (mixed next-token
 prediction, plus optional InfoNCE terms over GEM embeddings: views, supervised pairs; with
-Matryoshka sizes, from a start step on, GradCache-chunked, see ``losses``), separate logging
+Matryoshka sizes, from a start step on, GradCache-chunked, see ``losses``; under several
+processes over every process's batch, see ``distributed``), separate logging
 of the loss parts, and checkpoints written to a staging folder and renamed into place. The
 training loop, optimiser, schedule, evaluation and resumption are TRL's / transformers'.
 
@@ -19,6 +20,7 @@ import json
 import os
 import shutil
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +40,9 @@ from ..scope import (
     scope_of,
 )
 from ..version import __version__
-from .collator import IGNORE_INDEX, VIEW_MODES, GEMCollator
+from .collator import IGNORE_INDEX, VIEW_MODES, GEMCollator, pair_mask
 from .data import CHUNK_UNITS
+from .distributed import gathered_loss, world_size
 from .losses import grad_cached, info_nce
 
 BASE_DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -76,10 +79,11 @@ class GEMTrainingConfig(SFTConfig):
     contrastive_view_mode: str = field(default="crop", metadata={"help": f"Positive pairs: {VIEW_MODES}."})
     contrastive_start_step: float = field(default=0, metadata={"help": "Two phases (the paper's schedule): the first N optimizer steps train mixed NTP alone, the contrastive and pairs terms neither computed nor logged; from step N on they join. Below 1: a fraction of max_steps (0.5: the second half). 0: from the start."})
     matryoshka_dims: list[int] | None = field(default=None, metadata={"help": "Matryoshka: prefix sizes (increasing, below the hidden size, e.g. [64, 128, 256]) at which every InfoNCE term is also computed (vectors cut and re-normalised), averaged with the full size; recorded in gem_config.json for encode(dimensions=). None: the full size only."})
+    contrastive_gather: bool = field(default=True, metadata={"help": "Under several data-parallel processes, the contrastive and pairs terms score every process's batch: embeddings (and the pairs' text and group keys) are gathered, gradients reach each process's own rows, so P processes train what one process with the P-times batch trains and every anchor meets the global batch's negatives. False: each process's own batch only. One process: no effect."})
     contrastive_cache_chunk: int | None = field(default=None, metadata={"help": "GradCache: run a training batch's embedding passes (and its NTP pass) in chunks of this many rows, so per_device_train_batch_size, and with it the in-batch negatives, can grow without more activation memory; the gradients are those of one pass. None: one pass."})
     embed_template: str | None = field(default=None, metadata={"help": "Template ({text}) around texts before the GEM tokens, used in the contrastive views and saved as the adapter's encode default."})
     pairs_data: str | None = field(default=None, metadata={"help": "Supervised pairs mixed into training: a .jsonl pairs file (gem pairs writes one), or the shared data folder to build them from its train splits in memory. None: no pairs."})
-    pairs_per_batch: int = field(default=16, metadata={"help": "Pairs drawn for every batch (per process) when pairs_data is set; each anchor's in-batch negatives are the other pairs' positives and hard negatives."})
+    pairs_per_batch: int = field(default=16, metadata={"help": "Pairs drawn for every batch (per process) when pairs_data is set; each anchor's in-batch negatives are the other pairs' positives and hard negatives (with contrastive_gather, every process's)."})
     pairs_sources: list[str] | None = field(default=None, metadata={"help": "When pairs_data is a data folder: which train splits to build pairs from (sts, sick, scifact, banking). None: all of them."})
     pairs_weight: float = field(default=1.0, metadata={"help": "Weight of the pairs' InfoNCE term (temperature contrastive_temperature); 0 leaves the pairs out."})
     adapter_scope: str = field(default="all", metadata={"help": "Where the LoRA deltas apply: 'all' tokens, or 'gem': the GEM tokens and the tokens after them only, so the text before them (and any text without GEM tokens: generation, MMLU) runs through the frozen base exactly. Plain NTP samples then train nothing; set gem_fraction 1. Not with gradient checkpointing."})
@@ -97,6 +101,7 @@ class GEMTrainingConfig(SFTConfig):
         start = self.contrastive_start_step
         _check(not isinstance(start, bool) and start >= 0 and (start < 1 or float(start).is_integer()), "contrastive_start_step", start, "a step (an integer >= 0) or a fraction of max_steps below 1")
         _check(start < 1 or self.max_steps <= 0 or start < self.max_steps, "contrastive_start_step", start, f"below max_steps ({self.max_steps}), or a fraction such as 0.5, so the contrastive phase happens")
+        _check(isinstance(self.contrastive_gather, bool), "contrastive_gather", self.contrastive_gather, "true or false")
         _check(self.contrastive_cache_chunk is None or self.contrastive_cache_chunk >= 1, "contrastive_cache_chunk", self.contrastive_cache_chunk, "None or an integer >= 1")
         try:
             self.matryoshka_dims = check_matryoshka_dims(self.matryoshka_dims)
@@ -270,14 +275,33 @@ class GEMTrainer(SFTTrainer):
         return gated_hidden_states(decoder, model, input_ids, segment_ids, implementation, dtype)
 
     def _embedding_terms(self, inputs) -> list[tuple[str, float, tuple[str, ...], Any]]:
-        """The InfoNCE terms on for this batch: (metric name, weight, embedded inputs, loss of their embeddings)."""
+        """The InfoNCE terms on for this batch: (metric name, weight, embedded inputs, loss of their embeddings).
+
+        Under several processes with ``contrastive_gather``, each term scores every process's rows.
+        """
         args, terms = self.args, []
+        gather = args.contrastive_gather and world_size() > 1
         if args.contrastive_weight > 0 and "view_a_input_ids" in inputs:
-            terms.append(("loss_contrastive", args.contrastive_weight, ("view_a", "view_b"), self._info_nce))
+            views = partial(gathered_loss, self._info_nce) if gather else self._info_nce
+            terms.append(("loss_contrastive", args.contrastive_weight, ("view_a", "view_b"), views))
         if args.pairs_weight > 0 and "pair_anchor_input_ids" in inputs:
             sides = ("pair_anchor", "pair_positive") + (("pair_negative",) if "pair_negative_input_ids" in inputs else ())
-            terms.append(("loss_pairs", args.pairs_weight, sides, lambda *e: self._pairs_nce(inputs["pair_mask"], *e)))
+            if gather:
+                terms.append(("loss_pairs", args.pairs_weight, sides, lambda *e: self._gathered_pairs_nce(inputs, *e)))
+            else:
+                terms.append(("loss_pairs", args.pairs_weight, sides, lambda *e: self._pairs_nce(inputs["pair_mask"], *e)))
         return terms
+
+    def _gathered_pairs_nce(self, inputs, anchors, positives, negatives=None) -> torch.Tensor:
+        """``_pairs_nce`` over every process's pairs, the mask rebuilt from every process's keys."""
+        if negatives is None:  # this process drew no hard negative; another may have
+            negatives = anchors.new_zeros((0, anchors.shape[-1]))
+
+        def loss(positive_keys, group_keys, negative_keys, *embeddings):
+            return self._pairs_nce(pair_mask(positive_keys, group_keys, negative_keys), *embeddings)
+
+        keys = [inputs[f"pair_{name}_key"] for name in ("positive", "group", "negative")]
+        return gathered_loss(loss, *keys, anchors, positives, negatives)
 
     def _info_nce(self, view_a: torch.Tensor, view_b: torch.Tensor) -> torch.Tensor:
         """Symmetric InfoNCE of the two views of every chunk (Matryoshka mean with matryoshka_dims)."""
