@@ -280,7 +280,7 @@ def doctest_extension():
             return doctest_blocks(lines)
 
     class DoctestExtension(Extension):
-        def extendMarkdown(self, md) -> None:  # noqa: N802 - Markdown's name
+        def extendMarkdown(self, md) -> None:  # Markdown's name for it
             md.preprocessors.register(DoctestBlocks(md), "gem_doctest_blocks", 40)
 
     return DoctestExtension()
