@@ -6,6 +6,8 @@ average, and the language-model metrics beside them, accuracies as ``value ± st
 Tasks whose train split the adapter's recipe used are marked in-domain (``*``) and the
 table then has a held-out average beside the all-task one. A last row gives GEM minus
 PromptEOL per column (LM columns: adapter minus base decoder, paired standard error).
+A validation suite's report has its tasks in suite order, the out-of-domain average, and a
+second table of family averages (``validation``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,14 @@ MTEB_COLUMNS: dict[str, str] = {
     "Banking77Classification": "Banking77",
     "Banking77Clustering": "B77 clust",
     "SciFact": "SciFact",
+    "AmazonCounterfactualClassification": "AmazonCF",
+    "TweetEvalClassification": "TweetEval",
+    "CustomerReviewsClassification": "CR",
+    "TwitterURLCorpus": "TwitterURL",
+    "WikiQAReranking": "WikiQA",
+    "TrecQAReranking": "TrecQA",
+    "NFCorpusOriginal": "NFCorpus",
+    "CustomerReviewsClustering": "CR clust",
 }
 MTEB_METRICS: dict[str, str] = {
     "STSBenchmark": "cosine Spearman",
@@ -28,6 +38,14 @@ MTEB_METRICS: dict[str, str] = {
     "Banking77Classification": "accuracy",
     "Banking77Clustering": "V-measure",
     "SciFact": "nDCG@10",
+    "AmazonCounterfactualClassification": "accuracy",
+    "TweetEvalClassification": "accuracy, mean of 4 subtasks",
+    "CustomerReviewsClassification": "accuracy, cross-validated",
+    "TwitterURLCorpus": "max AP",
+    "WikiQAReranking": "MAP",
+    "TrecQAReranking": "MAP",
+    "NFCorpusOriginal": "nDCG@10",
+    "CustomerReviewsClustering": "V-measure",
 }
 # LM accuracies shown (task, metric) and WikiText-2 perplexity
 LM_ACCURACY_COLUMNS: dict[str, tuple[str, str]] = {
@@ -45,6 +63,8 @@ def split_averages(summary: dict[str, Any]) -> bool:
 
 def table_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Header and rows (strings) of the report table, the GEM − PromptEOL row last if both ran."""
+    if summary.get("out_of_domain"):
+        return validation_table_rows(summary)
     mteb_tasks = [t for t in MTEB_COLUMNS if t in summary.get("mteb_tasks", [])]
     lm_tasks = [t for t in LM_ACCURACY_COLUMNS if t in summary.get("lm_tasks", [])]
     has_ppl = "WikiText-2" in summary.get("lm_tasks", [])
@@ -106,10 +126,97 @@ def gem_minus_prompteol(summary: dict[str, Any]) -> dict[str, Any] | None:
         return None
     mteb = {task: gem["mteb"][task] - prompteol["mteb"][task] for task in gem["mteb"] if task in prompteol["mteb"]}
     result: dict[str, Any] = {"label": "GEM − PromptEOL", "mteb": mteb}
-    for key in ("mteb_average", "mteb_average_held_out"):
+    for key in ("mteb_average", "mteb_average_held_out", "ood_average"):
         if gem.get(key) is not None and prompteol.get(key) is not None:
             result[key] = gem[key] - prompteol[key]
+    if gem.get("family_averages") and prompteol.get("family_averages"):
+        result["family_averages"] = {family: value - prompteol["family_averages"][family]
+                                     for family, value in gem["family_averages"].items()
+                                     if family in prompteol["family_averages"]}
     return result
+
+
+def validation_table_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """A validation suite's table: its tasks in suite order (``*``: in-domain), then the OOD average."""
+    tasks = list(summary.get("mteb_tasks", []))
+    in_domain = set(summary.get("in_domain_tasks") or [])
+    header = ["Model"] + [MTEB_COLUMNS.get(t, t) + ("*" if t in in_domain else "") for t in tasks] + ["OOD avg"]
+    rows = [[row["display"]] + [_fmt(row.get("mteb", {}).get(t)) for t in tasks] + [_fmt(row.get("ood_average"))]
+            for row in summary["models"]]
+    difference = gem_minus_prompteol(summary)
+    if difference is not None:
+        rows.append([difference["label"]] + [_signed(difference["mteb"].get(t)) for t in tasks]
+                    + [_signed(difference.get("ood_average"))])
+    return header, rows
+
+
+def family_table_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """A validation suite's second table: the family averages (``*``: a task of it in-domain), the OOD average."""
+    from .validation import FAMILIES, family_is_in_domain
+
+    tasks, in_domain = summary.get("mteb_tasks", []), summary.get("in_domain_tasks") or []
+    families = [f for f in FAMILIES if any(f in (row.get("family_averages") or {}) for row in summary["models"])]
+    header = ["Model"] + [f + ("*" if family_is_in_domain(f, tasks, in_domain) else "") for f in families] + ["OOD avg"]
+    rows = [[row["display"]] + [_fmt((row.get("family_averages") or {}).get(f)) for f in families]
+            + [_fmt(row.get("ood_average"))] for row in summary["models"]]
+    difference = gem_minus_prompteol(summary)
+    if difference is not None:
+        rows.append([difference["label"]] + [_signed((difference.get("family_averages") or {}).get(f)) for f in families]
+                    + [_signed(difference.get("ood_average"))])
+    return header, rows
+
+
+def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return (["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+            + ["| " + " | ".join(cells) + " |" for cells in rows])
+
+
+def _validation_notes(summary: dict[str, Any]) -> list[str]:
+    """The lines under a validation table: what each column measures and the OOD rule."""
+    tasks = list(summary.get("mteb_tasks", []))
+    ood = summary.get("out_of_domain") or {}
+    lines = ["", "Scores are x100. " + "; ".join(f"{MTEB_COLUMNS.get(t, t)}: {MTEB_METRICS.get(t, 'main score')}"
+                                                 for t in tasks) + "."]
+    lines.append(f"OOD avg: mean over the {len(ood.get('tasks', []))} out-of-domain task(s) "
+                 f"({', '.join(MTEB_COLUMNS.get(t, t) for t in ood.get('tasks', [])) or 'none'}). "
+                 + (f"Columns marked * are in-domain and left out of it: {ood.get('in_domain_reason')}."
+                    if summary.get("in_domain_tasks") else f"No task is in-domain: {ood.get('in_domain_reason')}."))
+    return lines
+
+
+def _validation_sections(summary: dict[str, Any]) -> list[str]:
+    """A validation report's family table and per-subtask details."""
+    from .validation import TASK_FAMILIES
+
+    tasks = list(summary.get("mteb_tasks", []))
+    header, rows = family_table_rows(summary)
+    families = ", ".join(f"{family}: {', '.join(MTEB_COLUMNS.get(t, t) for t in tasks if TASK_FAMILIES.get(t) == family)}"
+                         for family in [h.rstrip("*") for h in header[1:-1]])
+    lines = ["", "## By family", "", *_markdown_table(header, rows), "",
+              f"A family's average is the mean of its tasks' scores ({families}); * marks a family with an "
+              "in-domain task."]
+    detail_columns: list[tuple[str, str, str]] = []  # (task, key, label)
+    for row in summary["models"]:
+        for task, details in (row.get("mteb_details") or {}).items():
+            keys = [(task, "subsets", name) for name in details.get("subsets", {})]
+            keys += [(task, key, "MRR@10") for key in details if key != "subsets"]
+            for task_key, key, name in keys:
+                label = f"{MTEB_COLUMNS.get(task_key, task_key)} {name}"
+                if (task_key, key, label) not in detail_columns:
+                    detail_columns.append((task_key, key, label))
+    if detail_columns:
+        def cell(row: dict[str, Any], task: str, key: str, label: str) -> str:
+            details = (row.get("mteb_details") or {}).get(task, {})
+            value = details.get("subsets", {}).get(label.split(" ", 1)[1]) if key == "subsets" else details.get(key)
+            return _fmt(value)
+
+        lines += ["", "## Details", "",
+                  *_markdown_table(["Model"] + [label for _, _, label in detail_columns],
+                                   [[row["display"]] + [cell(row, *column) for column in detail_columns]
+                                    for row in summary["models"]]),
+                  "", "TweetEval: accuracy per subtask (its column is their mean); WikiQA, TrecQA: MRR@10 "
+                      "beside the MAP of their columns."]
+    return lines
 
 
 def render_markdown(summary: dict[str, Any]) -> str:
@@ -146,10 +253,13 @@ def render_markdown(summary: dict[str, Any]) -> str:
         average = (f". held-out avg: mean over the {len(held_out)} task(s) whose train split the adapter's recipe "
                    f"did not use ({', '.join(MTEB_COLUMNS[t] for t in held_out) or 'none'}); all avg: mean over all "
                    f"{len(mteb_tasks)}.")
-    lines += ["", "Scores are x100. " + "; ".join(
-        f"{MTEB_COLUMNS[t]}: {MTEB_METRICS[t]}" for t in MTEB_COLUMNS if t in summary.get("mteb_tasks", []))
-        + average]
-    if split_averages(summary):
+    if summary.get("out_of_domain"):
+        lines += _validation_notes(summary)
+    else:
+        lines += ["", "Scores are x100. " + "; ".join(
+            f"{MTEB_COLUMNS[t]}: {MTEB_METRICS[t]}" for t in MTEB_COLUMNS if t in summary.get("mteb_tasks", []))
+            + average]
+    if split_averages(summary) and not summary.get("out_of_domain"):
         used = ", ".join(summary.get("train_splits_used") or []) or "none"
         lines.append(f"Columns marked * are in-domain: the adapter's recipe trained on the task's train split (the "
                      f"adapter's train_summary.json, train_splits_used: {used}); the scores are still on the test split.")
@@ -171,7 +281,11 @@ def render_markdown(summary: dict[str, Any]) -> str:
         if summary.get("lm_difference"):
             text += (" In the LM columns it is the adapter minus the base decoder (PromptEOL's LM columns) "
                      "on the same items, ± the paired standard error.")
+        if difference.get("ood_average") is not None:
+            text += f" OOD avg: {_signed(difference['ood_average'])}."
         lines += [text]
+    if summary.get("out_of_domain"):
+        lines += _validation_sections(summary)
     if summary.get("lm_difference"):
         lines += ["", "## Language model: adapter minus base decoder", ""]
         for task, change in summary["lm_difference"].items():
@@ -217,7 +331,18 @@ def plot_summary(summary: dict[str, Any], path: str | Path) -> None:
     mteb_tasks = [t for t in MTEB_COLUMNS if t in summary.get("mteb_tasks", [])]
     lm_tasks = [t for t in LM_ACCURACY_COLUMNS if t in summary.get("lm_tasks", [])]
     panels = []
-    if mteb_tasks:
+    if mteb_tasks and summary.get("out_of_domain"):
+        scored = [row for row in summary["models"] if row.get("mteb")]
+        header, _ = validation_table_rows(summary)
+        panels.append(("Validation tasks (x100)", header[1:],
+                       {row["display"]: [row["mteb"].get(t) for t in summary["mteb_tasks"]] + [row.get("ood_average")]
+                        for row in scored}))
+        header, _ = family_table_rows(summary)
+        families = [label.rstrip("*") for label in header[1:-1]]
+        panels.append(("Families (x100)", header[1:],
+                       {row["display"]: [(row.get("family_averages") or {}).get(f) for f in families]
+                        + [row.get("ood_average")] for row in scored}))
+    elif mteb_tasks:
         in_domain = set(summary.get("in_domain_tasks") or [])
         groups = [MTEB_COLUMNS[t] + ("*" if t in in_domain else "") for t in mteb_tasks]
         averages = ["mteb_average_held_out", "mteb_average"] if split_averages(summary) else ["mteb_average"]
@@ -239,8 +364,12 @@ def plot_summary(summary: dict[str, Any], path: str | Path) -> None:
     if not panels:
         panels.append(("no scores", [], {}))
     widths = [max(len(groups), 1) * max(len(bars), 1) + 2 for _, groups, bars in panels]
-    figure, axes = plt.subplots(1, len(panels), figsize=(4 + 0.45 * sum(widths), 4.8),
-                                gridspec_kw={"width_ratios": widths}, squeeze=False)
+    if summary.get("out_of_domain"):  # two wide panels (tasks, families): one above the other
+        figure, axes = plt.subplots(len(panels), 1, figsize=(4 + 0.3 * max(widths), 5.2 * len(panels)), squeeze=False)
+        axes = axes.T
+    else:
+        figure, axes = plt.subplots(1, len(panels), figsize=(4 + 0.45 * sum(widths), 4.8),
+                                    gridspec_kw={"width_ratios": widths}, squeeze=False)
     for axis, (title, groups, bars) in zip(axes[0], panels):
         count = max(len(bars), 1)
         width = 0.8 / count

@@ -15,6 +15,9 @@ holds adapter-minus-base per LM task with the paired standard error over the sam
 If the adapter folder's ``train_summary.json`` names ``train_splits_used`` (MTEB tasks whose
 train split the recipe trained on), those tasks are in-domain: ``summary["in_domain_tasks"]``,
 and every row gets ``mteb_average_held_out`` (the other tasks) beside ``mteb_average`` (all).
+The validation suites (``suites``) give every row ``ood_average`` (the out-of-domain tasks,
+``validation.in_domain_tasks`` says which) and ``family_averages``, and the summary an
+``out_of_domain`` entry; their tasks come from ``validation_tasks``.
 
 Resumable: ``run.json`` records what the run measures (base, adapter and a digest of its
 files, suite, tasks, rows, seed, dtype, data); every decoder row keeps its embeddings in
@@ -45,7 +48,6 @@ import re
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,18 +55,12 @@ from ..atomic import atomic_file
 from ..errors import GEMConfigError, GEMError
 from . import lm as lm_metrics
 from .encoder import PROMPTEOL_TEMPLATE
-from .lm import LM_TASKS, canonical_lm_task
-from .tasks import (
-    MTEB_TASKS,
-    TASK_FILES,
-    canonical_task_name,
-    load_task,
-    require_files,
-    resolve_data_dir,
-)
+from .lm import LM_TASKS
+from .suites import ALL_TASKS, SUITES, Suite, load_suite_task, split_tasks, suite_plan, task_files  # noqa: F401 (ALL_TASKS, SUITES: re-exported)
+from .tasks import canonical_task_name, require_files, resolve_data_dir
+from .validation import in_domain_tasks, ood_scores, task_details
 
 BASELINES: tuple[str, ...] = ("mean", "last", "prompteol", "minilm")
-ALL_TASKS: tuple[str, ...] = MTEB_TASKS + LM_TASKS
 LM_FILES = {
     "ARC-Easy": ("lm/arc_easy/arc_easy.jsonl",),
     "HellaSwag": ("lm/hellaswag/hellaswag_val_full.txt.bz2",),
@@ -74,62 +70,6 @@ MANIFEST = "run.json"
 EMBEDDING_CACHE = "embedding-cache"
 RESULTS = "results"
 LM_PROGRESS = "lm-progress"  # <decoder>/<task>.json: the batches of an LM task scored so far
-
-
-@dataclass(frozen=True)
-class Suite:
-    """How much of each benchmark a suite runs (None: all of it)."""
-
-    name: str
-    sts_pairs: int | None = None
-    banking_test: int | None = None
-    banking_experiments: int | None = None
-    clustering_texts: int | None = None
-    clustering_runs: int | None = None
-    scifact_queries: int | None = None
-    scifact_corpus: int | None = None
-    embed_max_tokens: int | None = None
-    mmlu_subject_step: int = 1
-    mmlu_subjects: int | None = None
-    mmlu_per_subject: int | None = None
-    mmlu_total: int | None = None
-    arc: int | None = None
-    hellaswag: int | None = None
-    wikitext_tokens: int | None = None
-    window: int = 512
-    stride: int = 256
-
-    def capped(self, limit: int) -> Suite:
-        """This suite with every item count at most ``limit`` (for smoke tests)."""
-        def cap(value: int | None) -> int:
-            return limit if value is None else min(value, limit)
-
-        return replace(self, sts_pairs=cap(self.sts_pairs), banking_test=cap(self.banking_test),
-                       banking_experiments=1, clustering_texts=cap(self.clustering_texts), clustering_runs=1,
-                       scifact_queries=cap(self.scifact_queries),
-                       scifact_corpus=cap(self.scifact_corpus) * 4, mmlu_subjects=cap(self.mmlu_subjects),
-                       mmlu_per_subject=cap(self.mmlu_per_subject), mmlu_total=None, arc=cap(self.arc),
-                       hellaswag=cap(self.hellaswag),
-                       wikitext_tokens=min(self.wikitext_tokens or 10**9, 32 * limit),
-                       window=min(self.window, 64), stride=min(self.stride, 32))
-
-
-SUITES: dict[str, Suite] = {
-    # sized for <= 15 minutes with smollm2-135m on this project's 2-core CPU machine: with a
-    # trained adapter (5 embedding rows, LM metrics for base and adapter) it took 14 min 9 s
-    # wall on 2 free cores, process start included, before Banking77Clustering was added;
-    # its 308 texts include Banking77Classification's 154 (same seeded stratified draw), which
-    # each encoder embeds once, so it adds 154 short texts and 3 k-means runs per row
-    # (estimated 15-20 s a row, ~1.5 min in all); without an adapter the LM metrics run once
-    "quick": Suite("quick", sts_pairs=200, banking_test=154, banking_experiments=1, clustering_texts=308,
-                   clustering_runs=3, scifact_queries=25, scifact_corpus=80, embed_max_tokens=128,
-                   mmlu_subject_step=6, mmlu_per_subject=6, arc=100, hellaswag=40, wikitext_tokens=2048),
-    # every embedding task whole, as MTEB scores it; the LM metrics sized so that a real change
-    # shows: MMLU 1,400 of 14,042 test questions stratified by subject (binomial standard
-    # error <= 1.3 points), HellaSwag 1,000 of 10,042 validation items, all 2,376 ARC-Easy
-    # test questions and the whole WikiText-2 test file (README: time estimate)
-    "full": Suite("full", mmlu_total=1400, hellaswag=1000),
-}
 
 
 def run_evaluation(
@@ -153,8 +93,10 @@ def run_evaluation(
 ) -> dict[str, Any]:
     """Evaluate GEM and the baselines; write results, summary, report; return the summary.
 
-    ``tasks``: names from ``ALL_TASKS`` (default all); ``baselines``: from ``BASELINES``
-    (default all; the GEM row always runs); ``limit`` caps every task at that many items.
+    ``suite``: a name from ``SUITES``; ``tasks``: names of that suite's tasks (default all of
+    them); ``baselines``: from ``BASELINES`` (default all; the GEM row always runs); ``limit``
+    caps every task at that many items. The validation suites add the out-of-domain average
+    and the family averages to every row (``validation``).
     ``allow_pickle`` lets the adapter's weights be a pickled ``adapter_model.bin`` (it can run code).
     ``dtype`` is the weights' dtype (``GEMModel.from_pretrained``; ``auto``: bfloat16 where native).
     ``overwrite`` replaces the run in a non-empty ``out_dir``; ``resume`` continues it (the same
@@ -163,14 +105,16 @@ def run_evaluation(
     tasks this run takes over (same base, suite, tasks, seed, data and dtype; any adapter).
     """
     started = time.monotonic()
-    if suite not in SUITES:
-        raise GEMConfigError(f"unknown suite {suite!r}; use one of {', '.join(SUITES)}")
-    plan = SUITES[suite] if limit is None else SUITES[suite].capped(int(limit))
-    mteb_tasks, lm_tasks = split_tasks(tasks)
+    plan = suite_plan(suite, limit)
+    mteb_tasks, lm_tasks = split_tasks(tasks, plan)
     rows = canonical_baselines(baselines)
     directory = resolve_data_dir(data_dir)
     check_data(mteb_tasks, lm_tasks, directory)
     used = train_splits_used(adapter)
+    if plan.out_of_domain:
+        in_domain, in_domain_reason = in_domain_tasks(mteb_tasks, used, adapter is not None)
+    else:
+        in_domain, in_domain_reason = [t for t in mteb_tasks if used is not None and t in used], None
     manifest = {
         "base": str(base), "adapter": str(adapter) if adapter is not None else None,
         "adapter_digest": adapter_digest(adapter), "suite": suite, "limit": limit, "seed": seed,
@@ -187,7 +131,7 @@ def run_evaluation(
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     notes: dict[str, str] = {}
-    loaded = [load_task(name, directory, seed=seed, **_task_limits(name, plan)) for name in mteb_tasks]
+    loaded = [load_suite_task(name, directory, plan, seed=seed) for name in mteb_tasks]
     for item in loaded:
         notes[item.name] = item.note
     if plan.embed_max_tokens and mteb_tasks:
@@ -243,6 +187,10 @@ def run_evaluation(
             row["results_file"] = str(path.relative_to(out))
             row["mteb"] = {tr.task_name: 100.0 * float(tr.get_score()) for tr in result.task_results}
             row.update(mteb_averages(row["mteb"], used))
+            if plan.out_of_domain:
+                row.update(ood_scores(row["mteb"], in_domain))
+                row["mteb_details"] = {tr.task_name: details for tr in result.task_results
+                                       if (details := task_details(tr))}
         row["seconds"] = time.monotonic() - tick
         summary_rows.append(row)
     order = [spec["id"] for spec in specs]
@@ -288,11 +236,14 @@ def run_evaluation(
         "lm_tasks": list(lm_tasks), "models": summary_rows, "notes": notes, "lm_shared_rows": shared,
         "lm_seconds": lm_seconds, "lm_difference": lm_difference, "resumed": resume,
         "baselines_from": source_label, "copied": copied,
-        "train_splits_used": used, "in_domain_tasks": [t for t in mteb_tasks if used is not None and t in used],
+        "train_splits_used": used, "in_domain_tasks": in_domain,
         "dtype": str(base_model.model.dtype).removeprefix("torch."),
         "versions": _versions(), "wall_time_s": 0.0,
         "finished": datetime.datetime.now().isoformat(timespec="seconds"),
     }
+    if plan.out_of_domain:
+        summary["out_of_domain"] = {"tasks": [t for t in mteb_tasks if t not in in_domain],
+                                    "in_domain_reason": in_domain_reason}
     summary["wall_time_s"] = time.monotonic() - started
     from .report import write_report
 
@@ -363,26 +314,6 @@ def lm_metrics_key(task: str) -> str:
     return "acc" if task == "MMLU" else "acc_norm"
 
 
-def split_tasks(tasks: Sequence[str] | None) -> tuple[list[str], list[str]]:
-    """Validated (MTEB task names, LM task names), each in canonical order."""
-    if tasks is None:
-        return list(MTEB_TASKS), list(LM_TASKS)
-    mteb_tasks, lm_tasks = set(), set()
-    for name in tasks:
-        if not name.strip():
-            continue
-        try:
-            mteb_tasks.add(canonical_task_name(name))
-        except GEMConfigError:
-            try:
-                lm_tasks.add(canonical_lm_task(name))
-            except GEMConfigError:
-                raise GEMConfigError(f"unknown task {name!r}; choose from {', '.join(ALL_TASKS)}") from None
-    if not mteb_tasks and not lm_tasks:
-        raise GEMConfigError(f"no task selected; choose from {', '.join(ALL_TASKS)}")
-    return [t for t in MTEB_TASKS if t in mteb_tasks], [t for t in LM_TASKS if t in lm_tasks]
-
-
 def canonical_baselines(baselines: Sequence[str] | None) -> list[str]:
     """Validated baseline names in canonical order (GEM is not a baseline: it always runs)."""
     if baselines is None:
@@ -401,7 +332,7 @@ def canonical_baselines(baselines: Sequence[str] | None) -> list[str]:
 def check_data(mteb_tasks: Sequence[str], lm_tasks: Sequence[str], directory: Path) -> None:
     """Fail before loading any model if a selected task's files are missing."""
     for name in mteb_tasks:
-        require_files(name, directory, TASK_FILES[name])
+        require_files(name, directory, task_files(name))
     for name in lm_tasks:
         if name == "MMLU":
             for subject in lm_metrics.mmlu_subjects(directory):
@@ -641,16 +572,6 @@ def run_lm_tasks(gem, lm_tasks: Sequence[str], directory: Path, plan: Suite, *, 
 def _remove_if_empty(folder: Path) -> None:
     if folder.is_dir() and not any(folder.iterdir()):
         folder.rmdir()
-
-
-def _task_limits(name: str, plan: Suite) -> dict[str, Any]:
-    if name in ("STSBenchmark", "SICK-R"):
-        return {"limit": plan.sts_pairs}
-    if name == "Banking77Classification":
-        return {"limit": plan.banking_test, "n_experiments": plan.banking_experiments}
-    if name == "Banking77Clustering":
-        return {"limit": plan.clustering_texts, "n_experiments": plan.clustering_runs}
-    return {"limit": plan.scifact_queries, "corpus_limit": plan.scifact_corpus}
 
 
 def _row_specs(rows: list[str], base_name: str, adapter, base_model, gem_model,
