@@ -7,6 +7,7 @@
 | ``collator`` | chunks -> GEM samples (random split, labels on the suffix) and plain samples, contrastive views |
 | ``trainer`` | ``GEMTrainingConfig`` (extends TRL's ``SFTConfig``) and ``GEMTrainer``: the loss under the GEM mask |
 | ``recipes`` | YAML recipes -> validated ``GEMTrainingConfig``; ``--set key=value`` overrides |
+| ``selection`` | ``validation_eval`` / ``select_best_by``: validation scores at each evaluation, the best checkpoint kept |
 | ``run`` | ``train(config)``: the whole job, checked before any model loads |
 
 ``trainer`` and ``run`` import TRL (the ``train`` extra); their names are loaded on first

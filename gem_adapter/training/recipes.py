@@ -4,7 +4,7 @@ A recipe may set any GEM field or any field of TRL's ``SFTConfig`` / transformer
 ``TrainingArguments``. Unknown keys are refused with the nearest valid names; values are
 checked against the field types before the config is built. ``--set key=value`` overrides
 are parsed as YAML scalars (``--set learning_rate=1e-4``, ``--set load_in_4bit=true``).
-A relative ``data`` or ``pairs_data`` path in a recipe is taken relative to the recipe file.
+A relative ``data``, ``pairs_data`` or ``validation_data`` path in a recipe is taken relative to the recipe file.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def load_recipe(name_or_path: str | Path | None = None, overrides: dict[str, Any
             raise GEMConfigError(f"recipe {path} is not valid YAML: {exc}") from None
         if not isinstance(loaded, dict):
             raise GEMConfigError(f"recipe {path} must be a mapping of keys to values")
-        for key in ("data", "pairs_data"):
+        for key in ("data", "pairs_data", "validation_data"):
             data = loaded.get(key)
             if isinstance(data, str) and not Path(data).is_absolute():
                 loaded[key] = str((path.parent / data).resolve())

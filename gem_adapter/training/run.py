@@ -19,6 +19,7 @@ from pathlib import Path
 from ..errors import GEMError
 from .pairs import count_by_source, train_splits_used
 from .recipes import RESOLVED_NAME, save_resolved
+from .selection import default_scorer, selection_summary, validation_hook
 from .trainer import (
     LOSS_LOG,
     SUMMARY,
@@ -179,11 +180,15 @@ def trainable_in_float32(model) -> int:
 
 
 def train(
-    config: GEMTrainingConfig, resume: bool = False, overwrite: bool = False, callbacks: list | None = None
+    config: GEMTrainingConfig, resume: bool = False, overwrite: bool = False, callbacks: list | None = None,
+    validation_scorer=None,
 ) -> Path:
     """Run a GEM training job; return the output (adapter) folder.
 
     ``callbacks`` are extra ``transformers.TrainerCallback`` objects (progress, early stop).
+    ``validation_scorer``: with ``config.validation_eval``, what scores the model at each
+    evaluation step, ``scorer(gem_model) -> {"scores", "ood_average", "family_averages"}``
+    (default: ``evaluation.ValidationScorer`` as ``selection.default_scorer`` builds it).
     """
     from datasets import Dataset
     from transformers import AutoTokenizer
@@ -203,6 +208,8 @@ def train(
     train_chunks, eval_chunks = load_chunks(config, tokenizer)
     pairs = load_training_pairs(config)
     pair_ids = tokenize_pairs(pairs, tokenizer, config.max_chunk_tokens)
+    if config.validation_eval and validation_scorer is None:  # reads the validation data: before the model loads
+        validation_scorer = default_scorer(config, train_splits_used(pairs) or [])
     started = time.time()
 
     gem = build_peft_model(config)
@@ -218,6 +225,7 @@ def train(
         callbacks=[EpochSetter(collator), LossLogger(output_dir), *(callbacks or [])],
         gem_token_ids=gem.gem_token_ids,
         gem_config=gem.config,
+        validation_hook=validation_hook(validation_scorer, gem) if config.validation_eval else None,
     )
     if main_process:
         if checkpoint is not None:
@@ -251,6 +259,8 @@ def train(
         "train_splits_used": train_splits_used(pairs),
         "train_pairs": count_by_source(pairs),
     }
+    if config.validation_eval:
+        summary["validation"] = selection_summary(config, trainer.state)
     (output_dir / SUMMARY).write_text(json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
     return output_dir
 

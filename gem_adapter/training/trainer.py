@@ -87,6 +87,11 @@ class GEMTrainingConfig(SFTConfig):
     pairs_sources: list[str] | None = field(default=None, metadata={"help": "When pairs_data is a data folder: which train splits to build pairs from (sts, sick, scifact, banking). None: all of them."})
     pairs_weight: float = field(default=1.0, metadata={"help": "Weight of the pairs' InfoNCE term (temperature contrastive_temperature); 0 leaves the pairs out."})
     adapter_scope: str = field(default="all", metadata={"help": "Where the LoRA deltas apply: 'all' tokens, or 'gem': the GEM tokens and the tokens after them only, so the text before them (and any text without GEM tokens: generation, MMLU) runs through the frozen base exactly. Plain NTP samples then train nothing; set gem_fraction 1. Not with gradient checkpointing."})
+    validation_eval: bool = field(default=False, metadata={"help": "At every evaluation step also score the adapter on a slice of the out-of-domain validation suite (gem eval --suite validation), logged as eval_validation_<task>, eval_validation_<family> and eval_validation_ood_average (tasks whose train split the run trains on left out of it). Needs eval_chunks > 0 and an eval_strategy."})
+    validation_limit: int | None = field(default=100, metadata={"help": "Cap every validation task at this many test items (texts, pairs, questions or queries; one probe and one k-means run). None: the validation suite's quick sizes (minutes per evaluation for a 135M model on 2 CPU cores)."})
+    validation_tasks: list[str] | None = field(default=None, metadata={"help": "Validation tasks to score at each evaluation (names as gem eval --suite validation lists them). None: all ten."})
+    validation_data: str | None = field(default=None, metadata={"help": "Data folder holding validation/ and sts/ (as ../shared/data). None: $GEM_DATA, else <repo>/../shared/data."})
+    select_best_by: str | None = field(default=None, metadata={"help": "Keep the checkpoint with the highest value of this validation metric and make it the output adapter: ood_average, a family (classification, pair_classification, reranking, retrieval, clustering, similarity) or a task name. Needs validation_eval and a checkpoint at every evaluation (save_steps = eval_steps). None: the last step's adapter."})
 
     def __post_init__(self) -> None:
         # The GEM collator pads and builds masks itself: TRL must neither drop our columns
@@ -124,6 +129,9 @@ class GEMTrainingConfig(SFTConfig):
             self.eval_strategy = "no"
         if self.bf16 is None:  # TRL would default to bf16 and refuse to start on a CPU
             self.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+        from .selection import check_selection
+
+        check_selection(self)  # sets metric_for_best_model / load_best_model_at_end for select_best_by
         super().__post_init__()
         _check(self.adapter_scope == "all" or not self.activation_checkpointing, "adapter_scope", self.adapter_scope,
                "'all' with activation_checkpointing (the recomputed forward runs outside the scope's gate)")
@@ -150,9 +158,11 @@ def _check(ok: bool, name: str, value: Any, expected: str) -> None:
 class GEMTrainer(SFTTrainer):
     """SFTTrainer whose loss runs through the GEM mask; see the module docstring."""
 
-    def __init__(self, *args, gem_token_ids: list[int], gem_config: GEMConfig | None = None, **kwargs):
+    def __init__(self, *args, gem_token_ids: list[int], gem_config: GEMConfig | None = None,
+                 validation_hook=None, **kwargs):
         self.gem_token_ids = list(gem_token_ids)
         self.gem_config = gem_config
+        self.validation_hook = validation_hook  # () -> {"validation_<name>": score}; see selection
         self.train_tokens_seen = 0  # real (non-padding) tokens through the model (NTP and views), for tokens/s
         super().__init__(*args, **kwargs)
         hidden_size = getattr(causal_lm_of(self.accelerator.unwrap_model(self.model)).config, "hidden_size", None)
@@ -372,6 +382,15 @@ class GEMTrainer(SFTTrainer):
         write_adapter(self.accelerator.unwrap_model(self.model), self.processing_class, self.gem_config, Path(output_dir))
         torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
 
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                        metric_key_prefix="eval"):
+        """The eval loss pass, plus the validation scores (``validation_hook``) among its metrics,
+        where transformers logs them and ``metric_for_best_model`` finds them."""
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        if self.validation_hook is not None and metric_key_prefix == "eval":
+            output.metrics.update({f"eval_{name}": value for name, value in self.validation_hook().items()})
+        return output
+
     def _save_checkpoint(self, model, trial):
         """Write the checkpoint into a staging folder, then rename it into place.
 
@@ -390,6 +409,10 @@ class GEMTrainer(SFTTrainer):
             super()._save_checkpoint(model, trial)
         finally:
             self.args.output_dir = output_dir
+        if self.state.best_global_step:  # transformers pointed it into the staging folder
+            self.state.best_model_checkpoint = str(Path(output_dir) / f"checkpoint-{self.state.best_global_step}")
+            if self.args.should_save:
+                self.state.save_to_json(str(staging / f"checkpoint-{self.state.global_step}" / "trainer_state.json"))
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
             self._publish_checkpoint(staging)
@@ -405,7 +428,8 @@ class GEMTrainer(SFTTrainer):
         shutil.rmtree(staging, ignore_errors=True)
         if self.args.save_total_limit:
             for old in complete_checkpoints(output_dir)[: -self.args.save_total_limit]:
-                shutil.rmtree(old, ignore_errors=True)
+                if str(old) != self.state.best_model_checkpoint:  # select_best_by's choice stays
+                    shutil.rmtree(old, ignore_errors=True)
 
 
 def write_adapter(model, tokenizer, gem_config: GEMConfig | None, folder: Path) -> None:
