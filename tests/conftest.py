@@ -215,9 +215,27 @@ def auto_dtype_for_tests(tmp_path_factory):
     """
     from gem_adapter import precision
 
-    flags = "fpu sse2 avx2 fma" + (" avx512_bf16" if TEST_DTYPE == "bfloat16" else "")
-    path = tmp_path_factory.mktemp("cpu") / f"cpuinfo-{TEST_DTYPE}"
-    path.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(precision, "CPUINFO", path)
+        patch.setattr(precision, "CPUINFO", _cpuinfo(tmp_path_factory, TEST_DTYPE))
         yield
+
+
+@pytest.fixture(scope="module")
+def auto_is_float32(tmp_path_factory):
+    """For a module that compares numbers to float32 tolerances (merges, fusing, GradCache, trained
+    adapters equal to 1e-5): ``dtype="auto"`` is float32 there whatever GEM_TEST_DTYPE says. Such a
+    module says so with ``pytestmark = pytest.mark.usefixtures("auto_is_float32")``; the bfloat16
+    side of those equalities is tests/test_bfloat16.py."""
+    from gem_adapter import precision
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(precision, "CPUINFO", _cpuinfo(tmp_path_factory, "float32"))
+        yield
+
+
+def _cpuinfo(tmp_path_factory, dtype: str) -> Path:
+    """A cpuinfo file of a CPU on which ``auto`` means ``dtype``: with or without AVX512-BF16."""
+    flags = "fpu sse2 avx2 fma" + (" avx512_bf16" if dtype == "bfloat16" else "")
+    path = tmp_path_factory.mktemp("cpu") / f"cpuinfo-{dtype}"
+    path.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+    return path

@@ -38,6 +38,9 @@ from gem_adapter.runtime import (
 from gem_adapter.training.recipes import load_recipe
 from gem_adapter.training.run import train
 
+# these tests compare numbers to float32 tolerances; the bfloat16 side is tests/test_bfloat16.py
+pytestmark = pytest.mark.usefixtures("auto_is_float32")
+
 SENTENCES = [
     f"Sentence {i} talks about the {w} near the river. Another remark follows it, with {i % 5} words more."
     for i, w in enumerate(["dog", "cat", "boat", "tree", "house", "car", "bird", "stone"] * 12)

@@ -23,6 +23,9 @@ from gem_adapter.adapters.export import EMBEDDING_TOKENIZER, GENERATION_TOKENIZE
 from gem_adapter.cli import main
 from gem_adapter.training import train
 
+# these tests compare numbers to float32 tolerances; the bfloat16 side is tests/test_bfloat16.py
+pytestmark = pytest.mark.usefixtures("auto_is_float32")
+
 PROMPTEOL = 'This sentence : "{text}" means in one word:"'
 TEXTS = ["the dog near the river", "a boat", "", "Sentence 3 talks about the tree. " * 30, "ünïcode ✓ text"]
 PROMPTS = ["The dog", "Another remark", "x"]

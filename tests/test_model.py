@@ -161,8 +161,9 @@ def test_from_pretrained_refuses_unsupported_attention(tiny_model_folder):
 
 
 def test_eager_and_sdpa_models_embed_alike(tiny_model_folder):
-    sdpa = GEMModel.from_pretrained(tiny_model_folder, config=GEMConfig(num_gem_tokens=2))
-    eager = GEMModel.from_pretrained(tiny_model_folder, config=GEMConfig(num_gem_tokens=2), attn_implementation="eager")
+    sdpa = GEMModel.from_pretrained(tiny_model_folder, config=GEMConfig(num_gem_tokens=2), dtype="float32")
+    eager = GEMModel.from_pretrained(tiny_model_folder, config=GEMConfig(num_gem_tokens=2), attn_implementation="eager",
+                                     dtype="float32")
     np.testing.assert_allclose(sdpa.encode(TEXTS), eager.encode(TEXTS), atol=1e-5)
 
 

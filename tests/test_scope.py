@@ -20,6 +20,9 @@ from gem_adapter.adapters import export, merge, stack
 from gem_adapter.masking import Segment
 from gem_adapter.training import train
 
+# these tests compare numbers to float32 tolerances; the bfloat16 side is tests/test_bfloat16.py
+pytestmark = pytest.mark.usefixtures("auto_is_float32")
+
 TEXTS = ["the dog near the river", "a boat", "Sentence 3 talks about the tree."]
 
 

@@ -18,6 +18,9 @@ from gem_adapter.training.run import build_peft_model, train
 
 from conftest import QUANTIZABLE, make_tokenizer, tiny_model, tiny_training_config
 
+# these tests compare numbers to float32 tolerances; the bfloat16 side is tests/test_bfloat16.py
+pytestmark = pytest.mark.usefixtures("auto_is_float32")
+
 SENTENCES = [
     f"Sentence {i} talks about the {w} near the river. Another remark follows it, with {i % 5} words more."
     for i, w in enumerate(["dog", "cat", "boat", "tree", "house", "car", "bird", "stone"] * 12)
