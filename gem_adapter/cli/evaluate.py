@@ -100,17 +100,17 @@ def eval_command(base, adapter, no_adapter, suite, tasks, baselines, out_dir, da
     if resume and force:
         raise click.UsageError("--resume and --force contradict each other; pick one")
     # the validation pass: the output folder and the adapter, before any model loads
-    check_output(out_dir, folder=True, force=force or resume,
-                 force_hint="pass --force to replace its run, --resume to continue it")
+    target = check_output(out_dir, folder=True, force=force or resume,
+                          force_hint="pass --force to replace its run, --resume to continue it")
     adapter = chosen_adapter(base, adapter, no_adapter)
-    if resume and (out_dir / "run.json").is_file():
+    if resume and (target / "run.json").is_file():
         from ..evaluation.runner import describe_progress
 
-        click.echo(describe_progress(out_dir), err=True)
+        click.echo(describe_progress(target), err=True)
     try:
         summary = run_evaluation(
             base=base, adapter=adapter, suite=suite, tasks=_names(tasks), baselines=_names(baselines),
-            out_dir=out_dir, data_dir=data_dir, seed=seed, batch_size=batch_size, limit=limit, overwrite=force,
+            out_dir=target, data_dir=data_dir, seed=seed, batch_size=batch_size, limit=limit, overwrite=force,
             resume=resume, baselines_from=baselines_from, allow_pickle=allow_pickle, dtype=dtype,
         )
     except KeyboardInterrupt:
