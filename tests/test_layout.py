@@ -3,7 +3,7 @@
 Every ``import`` statement of every module counts, including those inside functions (an
 import deferred into a method still ties the two modules together). The tiers, lowest first:
 
-    errors, version, atomic, quiet -> masking -> pooling, precision, scope, hub -> config -> files -> tokens, compat -> runtime
+    errors, version, atomic, quiet -> masking, quiet_peft -> pooling, precision, scope, hub -> config -> files -> tokens, compat -> runtime
     -> model -> wings (training, adapters, evaluation, serving) -> cli -> the package itself
 
 A module may import a module of a lower tier, or a module of its own wing. A wing may use
@@ -24,6 +24,7 @@ CORE_TIERS: dict[str, int] = {
     "version": 0,
     "atomic": 0,
     "quiet": 0,
+    "quiet_peft": 1,
     "masking": 1,
     "pooling": 2,
     "scope": 2,

@@ -13,6 +13,14 @@ accuracy of a logistic regression fitted on 4 texts per intent and scored on the
 clustering V-measure (k-means, k = 77, mean of 5 seeds), both x100; and WikiText-2 test
 perplexity (first ``--wikitext-tokens`` tokens). Dev splits only: the test splits are for
 ``gem eval``. Writes ``ablation.json`` and ``ablation.md`` into ``--out``.
+
+``--scores validation`` scores each adapter on the out-of-domain validation suite instead
+(``gem eval --suite validation``'s quick sizes, ``ValidationScorer``, float32): every task, the
+family averages and the out-of-domain average, the adapter's own train splits left out of it.
+That is what recipes are chosen by; ``--scores dev,validation`` gives both.
+
+    python tools/recipe_ablation.py --scores validation --variant selfsup=smollm2-135m-selfsup \
+        --variant general=smollm2-135m-general --out runs/diagnosis
 """
 
 from __future__ import annotations
@@ -26,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from collections.abc import Callable
+
 from bench_training import DATA, spearman_x100, sts_dev
 
 from gem_adapter import GEMModel
@@ -55,16 +65,36 @@ def parse_variant(spec: str) -> tuple[str, str, list[str]]:
     return label, recipe, [s.replace("DATA", str(DATA)) for s in sets.split(";") if s]
 
 
-def train_and_score(base: str, recipe: str, folder: Path, overrides: list[str], wikitext_tokens: int,
-                    sts_pairs: int | None = None) -> dict:
-    """Train ``recipe`` with ``overrides`` into ``folder``; its dev scores and training time."""
+def train_and_score(base: str, recipe: str, folder: Path, overrides: list[str], scores: Callable[[Path], dict]) -> dict:
+    """Train ``recipe`` with ``overrides`` into ``folder`` (kept when finished); its scores and training time."""
     values = {"base_model": base, "data": str(DATA / "corpus"), "output_dir": str(folder), "report_to": "none",
               **parse_overrides(overrides)}
     config = load_recipe(recipe, values)
+    summary = folder / "train_summary.json"
+    if summary.is_file():  # trained by an earlier call: score it again, do not train it again
+        seconds = json.loads(summary.read_text()).get("train_runtime_s", "")
+    else:
+        start = time.perf_counter()
+        train(config, overwrite=True)
+        seconds = round(time.perf_counter() - start, 1)
+    return {"train_seconds": seconds, **scores(folder)}
+
+
+def validation_scores(base: str, adapter: Path | None, scorer) -> dict:
+    """``adapter``'s validation scores (float32): every task, the family averages and the OOD average."""
+    from gem_adapter.evaluation.runner import train_splits_used
+    from gem_adapter.evaluation.validation import in_domain_tasks
+
+    used = train_splits_used(adapter) if adapter is not None else None
+    scorer.in_domain, _ = in_domain_tasks(scorer.tasks, used, has_adapter=adapter is not None)
+    model = GEMModel.from_pretrained(base, adapter=adapter, dtype="float32")
     start = time.perf_counter()
-    train(config, overwrite=True)
-    return {"train_seconds": round(time.perf_counter() - start, 1),
-            **dev_scores(base, folder, wikitext_tokens, sts_pairs)}
+    outcome = scorer(model)
+    return {"validation": {task: round(value, 2) for task, value in outcome["scores"].items()},
+            "validation_families": {family: round(value, 2) for family, value in outcome["family_averages"].items()},
+            "validation_ood": round(outcome["ood_average"], 2) if outcome["ood_average"] is not None else None,
+            "validation_in_domain": outcome["in_domain_tasks"],
+            "validation_seconds": round(time.perf_counter() - start, 1)}
 
 
 def dev_scores(base: str, adapter: Path | None, wikitext_tokens: int, sts_pairs: int | None = None) -> dict:
@@ -113,12 +143,35 @@ def main() -> None:
     parser.add_argument("--set", dest="common", action="append", default=[], help="key=value for every variant")
     parser.add_argument("--wikitext-tokens", type=int, default=40000)
     parser.add_argument("--sts-pairs", type=int, default=None, help="first N dev pairs only (smoke runs)")
+    parser.add_argument("--scores", default="dev", help="dev, validation, or dev,validation")
+    parser.add_argument("--validation-limit", type=int, default=None,
+                        help="cap every validation task at this many items (default: the validation suite's sizes)")
     parser.add_argument("--out", type=Path, default=Path("runs/ablation"))
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args.out.mkdir(parents=True, exist_ok=True)
-    results: dict = {"machine": machine(), "common": args.common, "rows": [],
+    kinds = {kind.strip() for kind in args.scores.split(",") if kind.strip()}
+    if not kinds or kinds - {"dev", "validation"}:
+        parser.error(f"--scores must name dev and/or validation, got {args.scores!r}")
+    scorer = None
+    if "validation" in kinds:
+        from gem_adapter.evaluation import ValidationScorer
+
+        scorer = ValidationScorer(DATA, limit=args.validation_limit)
+
+    def scores(adapter: Path | None) -> dict:
+        row = {}
+        if "dev" in kinds:
+            row.update(dev_scores(args.base, adapter, args.wikitext_tokens, args.sts_pairs))
+        if scorer is not None:
+            row.update(validation_scores(args.base, adapter, scorer))
+        return row
+
+    previous = args.out / "ablation.json"
+    results: dict = {"machine": machine(), "common": args.common, "scores": sorted(kinds), "rows": [],
                      "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    if previous.is_file():  # a later call adds its rows to the same table
+        results["rows"] = json.loads(previous.read_text())["rows"]
     if not args.variant and not args.score:
         parser.error("give at least one --variant or --score")
     jobs = [("train", spec) for spec in args.variant] + [("score", spec) for spec in args.score]
@@ -127,13 +180,13 @@ def main() -> None:
             label, _, folder = spec.partition("=")
             adapter = None if folder == "none" else Path(folder)
             row = {"variant": label, "recipe": f"trained: {folder}", "overrides": [], "train_seconds": "",
-                   **dev_scores(args.base, adapter, args.wikitext_tokens, args.sts_pairs)}
+                   **scores(adapter)}
         else:
             label, recipe, overrides = parse_variant(spec)
             row = {"variant": label, "recipe": recipe, "overrides": overrides,
-                   **train_and_score(args.base, recipe, args.out / label, args.common + overrides, args.wikitext_tokens,
-                                     args.sts_pairs)}
-        results["rows"].append(row)
+                   **train_and_score(args.base, recipe, args.out / label, args.common + overrides, scores)}
+        row["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+        results["rows"] = [r for r in results["rows"] if r["variant"] != label] + [row]
         print(row, flush=True)
         (args.out / "ablation.json").write_text(json.dumps(results, indent=2) + "\n")
         (args.out / "ablation.md").write_text(markdown(results) + "\n")
@@ -141,12 +194,31 @@ def main() -> None:
 
 
 def markdown(results: dict) -> str:
-    lines = [f"Machine: {results['machine']}. Common settings: {' '.join(results['common']) or 'none'}.", "",
-             "| variant | recipe and overrides | STSB dev | SICK trial | B77 dev acc | B77 dev V | WikiText-2 ppl | train s |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in results["rows"]:
-        lines.append(f"| {r['variant']} | {r['recipe']} {' '.join(r['overrides'])} | {r['sts_dev']} | {r['sick_trial']} | "
-                     f"{r.get('banking_dev_acc', '')} | {r.get('banking_dev_vmeasure', '')} | {r.get('wikitext2_ppl', '')} | {r['train_seconds']} |")
+    lines = [f"Machine: {results['machine']}. Common settings: {' '.join(results['common']) or 'none'}.", ""]
+    dev_rows = [r for r in results["rows"] if "sts_dev" in r]
+    if dev_rows:
+        lines += ["| variant | recipe and overrides | STSB dev | SICK trial | B77 dev acc | B77 dev V | WikiText-2 ppl | train s |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in dev_rows:
+            lines.append(f"| {r['variant']} | {r['recipe']} {' '.join(r['overrides'])} | {r['sts_dev']} | {r['sick_trial']} | "
+                         f"{r.get('banking_dev_acc', '')} | {r.get('banking_dev_vmeasure', '')} | {r.get('wikitext2_ppl', '')} "
+                         f"| {r['train_seconds']} |")
+        lines.append("")
+    val_rows = [r for r in results["rows"] if "validation" in r]
+    if val_rows:
+        families = list(val_rows[0]["validation_families"])
+        tasks = list(val_rows[0]["validation"])
+        lines += ["Validation (quick sizes, float32; * = in-domain for that row, left out of its OOD average):", "",
+                  "| variant | recipe and overrides | OOD avg | " + " | ".join(families) + " | train s |",
+                  "|---|---|---|" + "---|" * len(families) + "---|"]
+        for r in val_rows:
+            cells = [f"{r['validation_families'].get(f, '')}" for f in families]
+            lines.append(f"| {r['variant']} | {r['recipe']} {' '.join(r['overrides'])} | **{r['validation_ood']}** | "
+                         + " | ".join(cells) + f" | {r['train_seconds']} |")
+        lines += ["", "| variant | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
+        for r in val_rows:
+            cells = [f"{r['validation'][t]}{'*' if t in r['validation_in_domain'] else ''}" for t in tasks]
+            lines.append(f"| {r['variant']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -20,6 +20,8 @@ sentence-transformers, matplotlib) are imported only when a function needs them.
 
 from __future__ import annotations
 
+from .. import quiet_peft  # noqa: F401  (first: sentence-transformers imports PEFT, which would import bitsandbytes)
+
 from .encoder import (
     PROMPTEOL_TEMPLATE,
     EmbeddingStore,

@@ -5,6 +5,7 @@
 | ``data`` | read corpora (.txt, .jsonl, NLTK .zip, saved datasets), sentence/paragraph chunks |
 | ``pairs`` | supervised pairs: the JSONL format, its reader, a builder from benchmark train splits |
 | ``collator`` | chunks -> GEM samples (random split, labels on the suffix) and plain samples, contrastive views |
+| ``distill`` | distillation from a teacher embedder (all-MiniLM-L6-v2): the batch's similarity matrix |
 | ``trainer`` | ``GEMTrainingConfig`` (extends TRL's ``SFTConfig``) and ``GEMTrainer``: the loss under the GEM mask |
 | ``recipes`` | YAML recipes -> validated ``GEMTrainingConfig``; ``--set key=value`` overrides |
 | ``selection`` | ``validation_eval`` / ``select_best_by``: validation scores at each evaluation, the best checkpoint kept |
@@ -19,6 +20,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from .. import quiet_peft  # noqa: F401  (first: TRL imports PEFT, which would import bitsandbytes)
 from .collator import IGNORE_INDEX, GEMCollator
 from .data import jsonl_texts, make_chunks, read_jsonl, read_texts, split_sentences, train_eval_split
 from .pairs import SOURCES as PAIR_SOURCES
