@@ -157,6 +157,18 @@ def data_dir(tmp_path):
     rows = [[f"{label} question {i}", label] for label in ("card_lost", "top_up") for i in range(40)]
     write_csv(banking / "train.csv", ["text", "category"], rows + [["A test question", "top_up"]])
     write_csv(banking / "test.csv", ["text", "category"], [["a test  question", "top_up"]])
+    general = {
+        "snli": [{"anchor": "A man rides a horse.", "positive": "A person is riding.", "negative": "A man sleeps.", "source": "snli"},
+                 {"anchor": "A girl reads", "positive": "Someone reads.", "source": "snli"},  # a SICK sentence
+                 {"anchor": "Kids play outside.", "positive": "Children are playing.", "source": "snli"}],
+        "mrpc": [{"anchor": "Shares rose 5 percent.", "positive": "The stock gained 5 percent.", "source": "mrpc"},
+                 {"anchor": "He resigned.", "positive": "a  TEST sentence.", "source": "mrpc"}],  # an STSB dev sentence
+        "coco": [{"anchor": "A red bus on a street.", "positive": "A bus parked by the road.", "source": "coco", "label": "7"},
+                 {"anchor": "A bus in the city.", "positive": "A double-decker bus.", "source": "coco", "label": "7"}],
+    }
+    for name, rows in general.items():
+        (root / "train" / name).mkdir(parents=True)
+        write_pairs(rows, root / "train" / name / "pairs.jsonl")
     return root
 
 
@@ -185,6 +197,27 @@ def test_builder_takes_train_rows_only_and_names_their_split(data_dir):
     assert train_splits_used(pairs) == ["Banking77Classification", "Banking77Clustering", "SICK-R", "STSBenchmark", "SciFact"]
 
 
+def test_general_sources_are_read_from_train_named_and_kept_off_the_sts_evaluation_text(data_dir):
+    pairs = build_pairs(data_dir, sources="snli,mrpc,coco", seed=0)
+    assert count_by_source(pairs) == {"SNLI 1.0 dev+test+1% train": 2, "MRPC train": 1, "COCO 2017 val captions": 2}
+    assert train_splits_used(pairs) == []  # no suite or validation task trains on them
+    anchors = {p["anchor"] for p in pairs}
+    assert "A girl reads" not in anchors and "He resigned." not in anchors  # SICK sentence, STSB dev sentence
+    snli = next(p for p in pairs if p["anchor"] == "A man rides a horse.")
+    assert snli == {"anchor": "A man rides a horse.", "positive": "A person is riding.", "negative": "A man sleeps.",
+                    "source": "SNLI 1.0 dev+test+1% train"}
+    assert {p.get("label") for p in pairs if p["source"].startswith("COCO")} == {"7"}  # one image: never negatives
+    kept_all = build_pairs(data_dir, sources="snli,mrpc", seed=0, decontaminate=False)
+    assert count_by_source(kept_all) == {"SNLI 1.0 dev+test+1% train": 3, "MRPC train": 2}
+    assert build_pairs(data_dir, seed=0) == build_pairs(data_dir, sources="sts,sick,scifact,banking", seed=0)  # named only
+
+
+def test_a_missing_general_source_file_names_its_path(data_dir):
+    (data_dir / "train" / "mrpc" / "pairs.jsonl").unlink()
+    with pytest.raises(GEMError, match=r"train/mrpc/pairs.jsonl not found; --data-dir must be the shared data folder"):
+        build_pairs(data_dir, sources="snli,mrpc")
+
+
 def test_banking_dev_is_a_fixed_draw_from_train_that_no_pair_uses(data_dir):
     dev = banking_dev(data_dir)
     assert sorted({label for _text, label in dev}) == ["card_lost", "top_up"]
@@ -204,7 +237,7 @@ def test_builder_is_deterministic_by_seed_and_caps_each_source(data_dir):
     assert count_by_source(capped) == {"Banking77 train": 5, "STSBenchmark train": 2}
     banking = build_pairs(data_dir, sources=["banking"], seed=3, max_per_source=6)
     assert sorted(p["label"] for p in banking) == ["card_lost"] * 3 + ["top_up"] * 3  # balanced over intents
-    with pytest.raises(GEMError, match="unknown pair source 'stsb'; choose from sts,sick,scifact,banking"):
+    with pytest.raises(GEMError, match="unknown pair source 'stsb'; choose from sts,sick,scifact,banking,snli,mrpc,coco$"):
         build_pairs(data_dir, sources="stsb")
     with pytest.raises(GEMError, match="not found; --data-dir must be the shared data folder"):
         build_pairs(data_dir / "sts", sources="sts")
@@ -224,6 +257,18 @@ def test_pairs_data_is_a_file_or_a_data_folder_to_build_from(tmp_path, data_dir)
 
 
 SHARED_TRAIN_ROWS = {"STSBenchmark train": 1268, "SICK-R train": 1276, "SciFact train": 914, "Banking77 train": 1229}  # 3 rare intents: 13-15 pairs after the dev draw
+
+
+SHARED_GENERAL_ROWS = {"SNLI 1.0 dev+test+1% train": 8324, "MRPC train": 2174, "COCO 2017 val captions": 10012}  # README: 8,352 / 2,174 / 10,013 before 28 + 1 rows that share a sentence with STSB dev/test or SICK
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "train" / "snli").is_dir(), reason="the shared general-domain pairs are not here")
+def test_general_sources_on_the_shared_data():
+    pairs = build_pairs(SHARED_DATA, sources=["snli", "mrpc", "coco"], seed=0)
+    assert count_by_source(pairs) == SHARED_GENERAL_ROWS
+    assert train_splits_used(pairs) == []
+    assert sum("negative" in p for p in pairs) == 6233  # SNLI contradictions
+    assert len({p["label"] for p in pairs if "label" in p}) == 5000  # COCO image ids
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "sts").is_dir(), reason="the shared benchmark data is not here")
@@ -399,6 +444,10 @@ def test_cli_pairs_writes_the_file_once_and_refuses_to_overwrite(tmp_path, data_
     assert CliRunner().invoke(main, args + ["--force"]).exit_code == 0
     bad = CliRunner().invoke(main, args[:-4] + ["--sources", "sts,glue", "--force"])
     assert bad.exit_code == 1 and bad.output.strip().splitlines() == [
-        "Error: unknown pair source 'glue'; choose from sts,sick,scifact,banking"]
+        "Error: unknown pair source 'glue'; choose from sts,sick,scifact,banking,snli,mrpc,coco"]
+    general = CliRunner().invoke(main, args[:-4] + ["--sources", "coco,mrpc", "--force"])
+    assert general.exit_code == 0, general.output
+    assert general.output.strip() == (f"wrote 3 pairs to {out} (COCO 2017 val captions 2, MRPC train 1); "
+                                      "train splits of: no suite task (general-domain sources only)")
     missing = CliRunner().invoke(main, ["pairs", "--out", str(out)])
     assert missing.exit_code == 2 and "Missing option '--data-dir'" in missing.output

@@ -21,6 +21,14 @@ copies (``../shared/data``, see its README), never from a dev, trial or test spl
 | ``scifact`` | SciFact ``claims_train.csv`` + ``corpus.jsonl`` | claim -> title + text of each cited abstract (cut near 1,000 characters) |
 | ``banking`` | Banking77 ``train.csv`` | a text -> another text of the same intent, up to 16 disjoint pairs per intent |
 
+General-domain sources (``GENERAL_SOURCES``), already pairs JSONL under ``<data>/train/<name>/pairs.jsonl``
+(see that folder's README): ``snli`` (SNLI premise -> entailed hypothesis, a contradiction as the
+negative), ``mrpc`` (MRPC train paraphrases), ``coco`` (two captions of one COCO image, the image id
+as ``label``). They come from no suite or validation task, so they add nothing to
+``train_splits_used``; a row sharing a sentence with STSBenchmark dev/test or any SICK file is
+dropped, so STSBenchmark and SICK-R stay usable to compare recipes trained on them. They are
+built only when named: ``sources=None`` means the four benchmark sources.
+
 The other splits are read only to *exclude*: a train row whose text also appears in an
 evaluation split of the same benchmark is dropped (STSBenchmark: dev/test sentences;
 SciFact: dev claims and test queries; Banking77: test texts; SICK: the exact pair, since
@@ -42,6 +50,7 @@ import random
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from functools import partial
 from pathlib import Path
 
 from ..atomic import atomic_file
@@ -51,12 +60,17 @@ REQUIRED_KEYS: tuple[str, ...] = ("anchor", "positive")
 OPTIONAL_KEYS: tuple[str, ...] = ("negative", "source", "label")
 PAIR_KEYS: tuple[str, ...] = REQUIRED_KEYS + OPTIONAL_KEYS
 
-SOURCES: tuple[str, ...] = ("sts", "sick", "scifact", "banking")
+BENCHMARK_SOURCES: tuple[str, ...] = ("sts", "sick", "scifact", "banking")  # the default (sources=None)
+GENERAL_SOURCES: tuple[str, ...] = ("snli", "mrpc", "coco")  # <data>/train/<name>/pairs.jsonl
+SOURCES: tuple[str, ...] = BENCHMARK_SOURCES + GENERAL_SOURCES
 SOURCE_NAMES = {
     "sts": "STSBenchmark train",
     "sick": "SICK-R train",
     "scifact": "SciFact train",
     "banking": "Banking77 train",
+    "snli": "SNLI 1.0 dev+test+1% train",
+    "mrpc": "MRPC train",
+    "coco": "COCO 2017 val captions",
 }
 # MTEB tasks whose train split a pair's ``source`` comes from (train_summary.json's train_splits_used).
 TRAIN_SPLIT_TASKS: dict[str, tuple[str, ...]] = {
@@ -170,9 +184,10 @@ def count_by_source(pairs: Iterable[dict[str, str]]) -> dict[str, int]:
 
 # ---------------------------------------------------------------------------- building
 def parse_sources(sources: str | Sequence[str] | None) -> list[str]:
-    """``"sts,sick"`` or ``["sts", "sick"]`` -> checked source names in the given order (None: all)."""
+    """``"sts,sick"`` or ``["sts", "sick"]`` -> checked source names in the given order
+    (None: the four benchmark sources, ``BENCHMARK_SOURCES``)."""
     if sources is None:
-        return list(SOURCES)
+        return list(BENCHMARK_SOURCES)
     names = [s.strip() for s in (sources.split(",") if isinstance(sources, str) else sources) if s.strip()]
     if not names:
         raise GEMError(f"no pair sources given; choose from {','.join(SOURCES)}")
@@ -201,7 +216,8 @@ def build_pairs(
                        "retrieval/, classification/)")
     if max_per_source is not None and max_per_source < 1:
         raise GEMError(f"max_per_source must be >= 1, got {max_per_source}")
-    builders = {"sts": _sts, "sick": _sick, "scifact": _scifact, "banking": _banking}
+    builders = {"sts": _sts, "sick": _sick, "scifact": _scifact, "banking": _banking,
+                **{name: partial(_general, name) for name in GENERAL_SOURCES}}
     pairs: list[dict[str, str]] = []
     for name in parse_sources(sources):
         rng = random.Random(f"gem-pairs/{seed}/{name}")
@@ -289,6 +305,31 @@ def _scifact(data_dir: Path, rng: random.Random, decontaminate: bool) -> list[di
             seen.add((claim, doc_id))
             pairs.append({"anchor": claim, "positive": cut_text(documents[doc_id]), "source": SOURCE_NAMES["scifact"]})
     return pairs
+
+
+def _general(name: str, data_dir: Path, rng: random.Random, decontaminate: bool) -> list[dict[str, str]]:
+    """``<data>/train/<name>/pairs.jsonl`` (checked line by line), its ``source`` the descriptive name;
+    with ``decontaminate``, no row sharing a sentence with STSBenchmark dev/test or any SICK file."""
+    pairs = read_pairs(_file(data_dir, f"train/{name}/pairs.jsonl"))
+    held_out = _sts_and_sick_eval_texts(data_dir) if decontaminate else set()
+    kept = []
+    for pair in pairs:
+        if held_out and any(_norm(pair[key]) in held_out for key in ("anchor", "positive", "negative") if key in pair):
+            continue
+        kept.append({**pair, "source": SOURCE_NAMES[name]})
+    return kept
+
+
+def _sts_and_sick_eval_texts(data_dir: Path) -> set[str]:
+    """Normalised sentences STSBenchmark (dev, test) and SICK-R (all 9,927 pairs, as MTEB scores it) evaluate on."""
+    texts: set[str] = set()
+    for split in ("dev", "test"):
+        for row in _rows(_file(data_dir, f"sts/stsbenchmark/sts-{split}.csv")):
+            texts.update((_norm(row["sentence1"]), _norm(row["sentence2"])))
+    for name in ("SICK_train.txt", "SICK_trial.txt", "SICK_test_annotated.txt"):
+        for row in _rows(_file(data_dir, f"sts/sickr/{name}"), delimiter="\t"):
+            texts.update((_norm(row["sentence_A"]), _norm(row["sentence_B"])))
+    return texts
 
 
 def cut_text(text: str, limit: int = DOCUMENT_CHARS) -> str:
