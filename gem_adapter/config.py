@@ -75,6 +75,11 @@ class GEMConfig:
         metadata={"help": "Where the adapter's LoRA applies: 'all' tokens, or 'gem': the GEM tokens and after only, "
                           "so text without GEM tokens (generation) gets the base model's exact logits (see scope.py)."},
     )
+    distilled_from: str | None = field(
+        default=None,
+        metadata={"help": "Training record: the teacher embedder whose similarities the adapter was also trained to match "
+                          "(distill_teacher); None: no distillation. Informational: embedding never reads it."},
+    )
 
     def __post_init__(self) -> None:
         if not isinstance(self.num_gem_tokens, int) or self.num_gem_tokens < 1:

@@ -8,6 +8,11 @@ sample** with ordinary next-token labels on every token ("mixed NTP"). With
 text twice, told apart by dropout alone (``"dropout"``), wrapped in the embedding template's token ids when one is set, exactly as
 ``GEMModel.encode`` wraps texts.
 
+With ``decode`` (a ``TextDecoder``; set when the run distills from a teacher embedder, see
+``distill.py``) every embedding row also keeps its text as a string: ``<name>_texts`` (e.g.
+``view_a_texts``, ``pair_anchor_texts``) holds, row by row, the text of exactly the tokens that row
+embeds, template and GEM tokens excluded.
+
 With ``pairs`` (supervised pairs as token ids, see ``pairs.py``) and ``pairs_per_batch > 0``,
 every batch also carries that many pairs drawn without replacement, in the same embedding
 form as the views: ``pair_anchor_*``, ``pair_positive_*``, ``pair_negative_*`` (the hard
@@ -40,6 +45,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,6 +79,16 @@ def pair_mask(positive_keys: torch.Tensor, group_keys: torch.Tensor, negative_ke
     return mask
 
 
+@dataclass(frozen=True)
+class TextDecoder:
+    """Token ids -> the text they spell (special tokens dropped, outer spaces stripped), for a reader of strings."""
+
+    tokenizer: Any
+
+    def __call__(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=False).strip()
+
+
 @dataclass
 class GEMCollator:
     """Callable turning ``[{"input_ids": [...], "index": i}, ...]`` into model inputs."""
@@ -91,6 +107,7 @@ class GEMCollator:
     view_tail_ids: list[int] = field(default_factory=list)
     pairs: list[dict[str, Any]] = field(default_factory=list, repr=False)
     pairs_per_batch: int = 0
+    decode: Callable[[list[int]], str] | None = field(default=None, repr=False)
     epoch: int = field(default=0, repr=False)
 
     def __post_init__(self) -> None:
@@ -107,7 +124,7 @@ class GEMCollator:
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         sequences, segments, labels = [], [], []
-        views_a, views_b = [], []
+        views_a, views_b, texts_a, texts_b = [], [], [], []
         for position, example in enumerate(examples):
             ids = list(example["input_ids"])
             rng = self.rng_for(int(example.get("index", position)))
@@ -125,17 +142,22 @@ class GEMCollator:
             segments.append(seg)
             labels.append(lab)
             if self.contrastive:
-                for views in (views_a, views_b):
-                    text = self.view_head_ids + self._view(ids, rng) + self.view_tail_ids
-                    views.append(embedding_ids(text, self.gem_token_ids, self.max_length))
+                for views, texts in ((views_a, texts_a), (views_b, texts_b)):
+                    view = self._view(ids, rng)
+                    views.append(embedding_ids(self.view_head_ids + view + self.view_tail_ids, self.gem_token_ids,
+                                               self.max_length))
+                    if self.decode is not None:
+                        texts.append(self.decode(view))
 
         input_ids, segment_ids = pad_batch(sequences, segments, self.pad_token_id)
         label_ids, _unused = pad_batch(labels, segments, IGNORE_INDEX)
         batch = {"input_ids": input_ids, "segment_ids": segment_ids, "labels": label_ids}
         if self.contrastive:
-            for name, views in (("view_a", views_a), ("view_b", views_b)):
+            for name, views, texts in (("view_a", views_a, texts_a), ("view_b", views_b, texts_b)):
                 ids, segs = pad_batch([v[0] for v in views], [v[1] for v in views], self.pad_token_id)
                 batch[f"{name}_input_ids"], batch[f"{name}_segment_ids"] = ids, segs
+                if self.decode is not None:
+                    batch[f"{name}_texts"] = texts
         if self.pairs and self.pairs_per_batch > 0:
             indices = [int(example.get("index", position)) for position, example in enumerate(examples)]
             batch.update(self.pair_views(indices))
@@ -162,12 +184,18 @@ class GEMCollator:
                 views = [self._embedding_row(ids) for ids in texts]
                 ids, segs = pad_batch([v[0] for v in views], [v[1] for v in views], self.pad_token_id)
                 batch[f"pair_{name}_input_ids"], batch[f"pair_{name}_segment_ids"] = ids, segs
+                if self.decode is not None:
+                    batch[f"pair_{name}_texts"] = [self.decode(self._embedded_text(text_ids)) for text_ids in texts]
         return batch
+
+    def _embedded_text(self, ids: list[int]) -> list[int]:
+        """The part of a text that ``_embedding_row`` keeps: cut so the template's tail always fits."""
+        room = self.max_length - len(self.gem_token_ids) - len(self.view_head_ids) - len(self.view_tail_ids)
+        return list(ids)[: max(room, 1)]
 
     def _embedding_row(self, ids: list[int]) -> tuple[list[int], list[int]]:
         """``head, text, tail, GEM...`` with the text cut so the template's tail always fits."""
-        room = self.max_length - len(self.gem_token_ids) - len(self.view_head_ids) - len(self.view_tail_ids)
-        text = self.view_head_ids + list(ids)[: max(room, 1)] + self.view_tail_ids
+        text = self.view_head_ids + self._embedded_text(ids) + self.view_tail_ids
         return embedding_ids(text, self.gem_token_ids, self.max_length)
 
     def _view(self, ids: list[int], rng: random.Random) -> list[int]:

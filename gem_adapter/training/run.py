@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from ..errors import GEMError
+from .distill import teacher_location
 from .pairs import count_by_source, train_splits_used
 from .recipes import RESOLVED_NAME, save_resolved
 from .selection import default_scorer, selection_summary, validation_hook
@@ -73,7 +74,7 @@ def load_training_pairs(config: GEMTrainingConfig) -> list[dict[str, str]]:
     """The supervised pairs of ``pairs_data`` (a file, or a data folder built in memory); [] when off."""
     from .pairs import load_pairs
 
-    if not config.pairs_data or config.pairs_weight == 0:
+    if not config.pairs_data or (config.pairs_weight == 0 and not config.distills_pairs()):
         return []
     pairs = load_pairs(config.pairs_data, seed=config.seed, sources=config.pairs_sources)
     if len(pairs) < 2:
@@ -204,6 +205,8 @@ def train(
         checkpoint = found[-1] if found else None
     base_path = resolve_base(config.base_model)
     check_matryoshka_fits(config, base_path)
+    if config.distill_weight > 0:  # a missing teacher or package fails here, before the corpus or the student loads
+        teacher_location(config.distill_teacher)
     tokenizer = AutoTokenizer.from_pretrained(base_path)
     train_chunks, eval_chunks = load_chunks(config, tokenizer)
     pairs = load_training_pairs(config)
@@ -258,11 +261,28 @@ def train(
         "resumed_from": str(checkpoint) if checkpoint else None,
         "train_splits_used": train_splits_used(pairs),
         "train_pairs": count_by_source(pairs),
+        "distillation": distillation_summary(config, trainer.teacher),
     }
     if config.validation_eval:
         summary["validation"] = selection_summary(config, trainer.state)
     (output_dir / SUMMARY).write_text(json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
     return output_dir
+
+
+def distillation_summary(config: GEMTrainingConfig, teacher) -> dict | None:
+    """What train_summary.json records about distillation: the teacher, the settings, the teacher's time; None when off."""
+    if teacher is None:
+        return None
+    return {
+        "teacher": teacher.describe(),
+        "weight": config.distill_weight,
+        "texts": config.distill_texts,
+        "objective": config.distill_objective,
+        "temperature": config.distill_temperature,
+        "teacher_temperature": config.distill_teacher_temperature,
+        "teacher_seconds": round(teacher.seconds, 1),  # this process's teacher passes, evaluation included
+        "teacher_texts": teacher.texts_embedded,
+    }
 
 
 def _launch_rank() -> int:
@@ -306,7 +326,7 @@ def make_collator(config: GEMTrainingConfig, gem, pairs: list[dict] | None = Non
 
     ``pairs``: supervised pairs as token ids (``tokenize_pairs``), drawn into every batch.
     """
-    from .collator import GEMCollator
+    from .collator import GEMCollator, TextDecoder
     from ..tokens import leading_special_ids
 
     head, tail = gem.template_ids(config.embed_template)
@@ -318,12 +338,13 @@ def make_collator(config: GEMTrainingConfig, gem, pairs: list[dict] | None = Non
         min_suffix_tokens=config.min_suffix_tokens,
         max_length=config.max_chunk_tokens + len(gem.gem_token_ids) + len(head) + len(tail),
         seed=config.seed,
-        contrastive=config.contrastive_weight > 0,
+        contrastive=config.contrastive_weight > 0 or config.distills_views(),
         view_mode=config.contrastive_view_mode,
         view_head_ids=leading_special_ids(gem.tokenizer) + head,
         view_tail_ids=tail,
         pairs=list(pairs or []),
         pairs_per_batch=config.pairs_per_batch if pairs else 0,
+        decode=TextDecoder(gem.tokenizer) if config.distill_weight > 0 else None,  # the teacher reads strings
     )
 
 

