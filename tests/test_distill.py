@@ -466,3 +466,17 @@ def test_two_launched_processes_distill_what_one_process_distills(tmp_path, tiny
     assert worst <= TOLERANCE, worst
     assert len(logged(single, "loss_distill")) == 2
     assert logged(double, "loss_distill") == pytest.approx(logged(single, "loss_distill"), rel=1e-5)
+
+
+def test_the_general_recipe_trains_on_no_benchmark_split_within_the_cpu_recipes_budget():
+    from gem_adapter.training.pairs import GENERAL_SOURCES
+    from gem_adapter.training.recipes import load_recipe
+
+    general, cpu = load_recipe("smollm2-135m-general"), load_recipe("smollm2-135m-cpu")
+    assert general.pairs_sources and set(general.pairs_sources) <= set(GENERAL_SOURCES)
+    assert general.distill_weight > 0 and general.distill_texts == "all" and general.contrastive_weight == 0
+    assert (general.adapter_scope, general.num_gem_tokens) == ("gem", 4)
+    for key in ("base_model", "data", "max_train_chunks", "max_chunk_tokens", "per_device_train_batch_size",
+                "pairs_per_batch", "max_steps", "eval_steps", "eval_chunks", "lora_r", "embed_template", "matryoshka_dims"):
+        assert getattr(general, key) == getattr(cpu, key), key
+    assert general.output_dir != cpu.output_dir
