@@ -146,6 +146,8 @@ def main() -> None:
     parser.add_argument("--scores", default="dev", help="dev, validation, or dev,validation")
     parser.add_argument("--validation-limit", type=int, default=None,
                         help="cap every validation task at this many items (default: the validation suite's sizes)")
+    parser.add_argument("--skip-done", action="store_true",
+                        help="leave out variants the table in --out already has (a resumed queue)")
     parser.add_argument("--out", type=Path, default=Path("runs/ablation"))
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -175,7 +177,10 @@ def main() -> None:
     if not args.variant and not args.score:
         parser.error("give at least one --variant or --score")
     jobs = [("train", spec) for spec in args.variant] + [("score", spec) for spec in args.score]
+    done = {row["variant"] for row in results["rows"]} if args.skip_done else set()
     for kind, spec in jobs:
+        if spec.partition("=")[0] in done:
+            continue
         if kind == "score":
             label, _, folder = spec.partition("=")
             adapter = None if folder == "none" else Path(folder)
