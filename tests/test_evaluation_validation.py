@@ -156,7 +156,7 @@ def test_suite_sizes():
     assert quick.mteb_tasks == full.mteb_tasks == VALIDATION_SUITE_TASKS and quick.lm_tasks == full.lm_tasks == ()
     assert (quick.amazon_test, quick.tweeteval_test, quick.review_sentences, quick.twitter_pairs, quick.wikiqa_questions,
             quick.trecqa_questions, quick.nfcorpus_queries, quick.nfcorpus_corpus, quick.sts_pairs,
-            quick.embed_max_tokens) == (400, 150, 600, 800, 50, 30, 20, 500, 300, 128)
+            quick.embed_max_tokens) == (400, 120, 600, 600, 40, 30, 15, 300, 250, 128)
     assert full.amazon_test is None and full.twitter_pairs is None and full.nfcorpus_corpus is None
     assert quick.probe_runs == 5 and quick.probe_pool == 2000
     assert full.probe_runs is None and full.probe_pool is None and full.embed_max_tokens is None  # MTEB's 10 runs

@@ -29,7 +29,7 @@ def setup(tmp_path):
 
 def config(setup, out, **overrides):
     base, corpus = setup
-    values = dict(max_steps=6, eval_strategy="steps", eval_steps=2, save_steps=2, validation_eval=True)
+    values = {"max_steps": 6, "eval_strategy": "steps", "eval_steps": 2, "save_steps": 2, "validation_eval": True}
     return tiny_training_config(base, corpus, out, **{**values, **overrides})
 
 
@@ -67,7 +67,7 @@ def test_the_output_adapter_is_the_checkpoint_with_the_best_logged_validation_sc
     # the best checkpoint outlived save_total_limit=1, and the output adapter is its weights, not step 6's
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-4"]
     best, final = tensors(out / "checkpoint-4"), tensors(out)
-    assert best.keys() == final.keys() and all(torch.equal(best[k], final[k]) for k in best)
+    assert best.keys() == final.keys() and all(torch.equal(value, final[key]) for key, value in best.items())
     assert scorer.models and all(model is scorer.models[0] for model in scorer.models)  # the model being trained
 
 
@@ -107,15 +107,16 @@ def test_the_fields_are_checked_and_off_by_default(setup, tmp_path):
     assert metric_name("twitterurlcorpus") == "validation_TwitterURLCorpus"
     assert metric_name("eval_validation_ood_average") == "validation_ood_average"
     refused = {
-        "select_best_by needs validation_eval: true": dict(validation_eval=False, select_best_by="ood_average"),
+        "select_best_by needs validation_eval: true": {"validation_eval": False, "select_best_by": "ood_average"},
         "select_best_by 'f1' is not a validation metric of this run; choose from ood_average, classification":
-            dict(select_best_by="f1"),
+            {"select_best_by": "f1"},
         "select_best_by 'reranking' is not a validation metric of this run; choose from ood_average, pair_classification":
-            dict(select_best_by="reranking", validation_tasks=["TwitterURLCorpus"]),
-        "save_steps equal to eval_steps (now steps every 4, steps every 2)": dict(select_best_by="ood_average", save_steps=4),
-        "validation_eval scores the adapter at evaluation steps": dict(eval_strategy="no"),
-        "validation_tasks: unknown task 'MTEB'; choose from AmazonCounterfactualClassification": dict(validation_tasks=["MTEB"]),
-        "validation_limit must be an integer >= 1 or None": dict(validation_limit=0),
+            {"select_best_by": "reranking", "validation_tasks": ["TwitterURLCorpus"]},
+        "save_steps equal to eval_steps (now steps every 4, steps every 2)": {"select_best_by": "ood_average", "save_steps": 4},
+        "validation_eval scores the adapter at evaluation steps": {"eval_strategy": "no"},
+        "validation_tasks: unknown task 'MTEB'; choose from AmazonCounterfactualClassification":
+            {"validation_tasks": ["MTEB"]},
+        "validation_limit must be an integer >= 1 or None": {"validation_limit": 0},
     }
     for message, overrides in refused.items():
         with pytest.raises(GEMConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):

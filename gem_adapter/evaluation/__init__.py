@@ -21,7 +21,6 @@ sentence-transformers, matplotlib) are imported only when a function needs them.
 from __future__ import annotations
 
 from .. import quiet_peft  # noqa: F401  (first: sentence-transformers imports PEFT, which would import bitsandbytes)
-
 from .encoder import (
     PROMPTEOL_TEMPLATE,
     EmbeddingStore,
@@ -54,7 +53,13 @@ from .tasks import (
     load_task,
     resolve_data_dir,
 )
-from .validation import FAMILIES, SIMILARITY_TASKS, TASK_FAMILIES, VALIDATION_SUITE_TASKS, ood_scores
+from .validation import (
+    FAMILIES,
+    SIMILARITY_TASKS,
+    TASK_FAMILIES,
+    VALIDATION_SUITE_TASKS,
+    ood_scores,
+)
 from .validation_scorer import ValidationScorer, score_validation
 from .validation_tasks import VALIDATION_TASKS, load_validation_task
 

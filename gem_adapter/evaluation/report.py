@@ -190,11 +190,11 @@ def _validation_sections(summary: dict[str, Any]) -> list[str]:
 
     tasks = list(summary.get("mteb_tasks", []))
     header, rows = family_table_rows(summary)
-    families = ", ".join(f"{family}: {', '.join(MTEB_COLUMNS.get(t, t) for t in tasks if TASK_FAMILIES.get(t) == family)}"
+    families = "; ".join(f"{family}: {', '.join(MTEB_COLUMNS.get(t, t) for t in tasks if TASK_FAMILIES.get(t) == family)}"
                          for family in [h.rstrip("*") for h in header[1:-1]])
     lines = ["", "## By family", "", *_markdown_table(header, rows), "",
-              f"A family's average is the mean of its tasks' scores ({families}); * marks a family with an "
-              "in-domain task."]
+              (f"A family's average is the mean of its tasks' scores ({families}). * marks a family with an "
+               "in-domain task.")]
     detail_columns: list[tuple[str, str, str]] = []  # (task, key, label)
     for row in summary["models"]:
         for task, details in (row.get("mteb_details") or {}).items():
@@ -214,8 +214,8 @@ def _validation_sections(summary: dict[str, Any]) -> list[str]:
                   *_markdown_table(["Model"] + [label for _, _, label in detail_columns],
                                    [[row["display"]] + [cell(row, *column) for column in detail_columns]
                                     for row in summary["models"]]),
-                  "", "TweetEval: accuracy per subtask (its column is their mean); WikiQA, TrecQA: MRR@10 "
-                      "beside the MAP of their columns."]
+                  "", ("TweetEval: accuracy per subtask (its column is their mean); WikiQA, TrecQA: MRR@10 "
+                       "beside the MAP of their columns.")]
     return lines
 
 

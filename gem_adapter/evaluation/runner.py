@@ -56,7 +56,15 @@ from ..errors import GEMConfigError, GEMError
 from . import lm as lm_metrics
 from .encoder import PROMPTEOL_TEMPLATE
 from .lm import LM_TASKS
-from .suites import ALL_TASKS, SUITES, Suite, load_suite_task, split_tasks, suite_plan, task_files  # noqa: F401 (ALL_TASKS, SUITES: re-exported)
+from .suites import (  # noqa: F401 (ALL_TASKS, SUITES: re-exported)
+    ALL_TASKS,
+    SUITES,
+    Suite,
+    load_suite_task,
+    split_tasks,
+    suite_plan,
+    task_files,
+)
 from .tasks import canonical_task_name, require_files, resolve_data_dir
 from .validation import in_domain_tasks, ood_scores, task_details
 

@@ -21,7 +21,12 @@ from ..errors import GEMConfigError
 from .lm import LM_TASKS, canonical_lm_task
 from .tasks import MTEB_TASKS, TASK_FILES, LoadedTask, load_task
 from .validation import VALIDATION_SUITE_TASKS
-from .validation_tasks import CR_FOLDS, VALIDATION_FILES, VALIDATION_TASKS, load_validation_task
+from .validation_tasks import (
+    CR_FOLDS,
+    VALIDATION_FILES,
+    VALIDATION_TASKS,
+    load_validation_task,
+)
 
 ALL_TASKS: tuple[str, ...] = MTEB_TASKS + LM_TASKS + VALIDATION_TASKS
 
@@ -101,15 +106,16 @@ SUITES: dict[str, Suite] = {
     # error <= 1.3 points), HellaSwag 1,000 of 10,042 validation items, all 2,376 ARC-Easy
     # test questions and the whole WikiText-2 test file (README: time estimate)
     "full": Suite("full", mmlu_total=1400, hellaswag=1000),
-    # sized for ~5 minutes per decoder row with smollm2-135m on 2 free CPU cores, as it is run
-    # for every recipe: ~6,300 distinct short texts (tweets, review and answer sentences, STS
-    # pairs) and ~520 NFCorpus documents cut to 128 tokens (each ~4 short texts' work), at the
-    # 30-40 short texts a second of the default model in float32 (tools/results/cpu-2core:
-    # validation-quick-shipped-report.md has the measured times). The Customer Reviews
-    # clustering reuses its classification's sentences, so it costs only k-means.
-    "validation": Suite("validation", sts_pairs=300, amazon_test=400, tweeteval_test=150, probe_runs=5,
-                        probe_pool=2000, review_sentences=600, review_clustering_runs=3, twitter_pairs=800,
-                        wikiqa_questions=50, trecqa_questions=30, nfcorpus_queries=20, nfcorpus_corpus=500,
+    # sized for <= 7 minutes for the GEM row of smollm2-135m on 2 free CPU cores, as it is run for
+    # every recipe (with --baselines-from, only that row): ~5,900 distinct texts, ~250k tokens with
+    # the template and the GEM tokens, at the ~700 tokens (~17 short texts) a second that row
+    # embeds in float32 on free cores (2026-12-04), plus ~40 s of probes, k-means and ranking.
+    # NFCorpus (~135 tokens a document after the 128-token cut) is the costliest per text, hence
+    # 15 queries over 300 documents. The Customer Reviews clustering reuses its classification's
+    # sentences, so it costs only k-means. The decoder baselines without a template are ~40% faster.
+    "validation": Suite("validation", sts_pairs=250, amazon_test=400, tweeteval_test=120, probe_runs=5,
+                        probe_pool=2000, review_sentences=600, review_clustering_runs=3, twitter_pairs=600,
+                        wikiqa_questions=40, trecqa_questions=30, nfcorpus_queries=15, nfcorpus_corpus=300,
                         embed_max_tokens=128, mteb_tasks=VALIDATION_SUITE_TASKS, lm_tasks=(), out_of_domain=True),
     # every test item of every set, no truncation, MTEB's 10 probe and k-means runs
     "validation-full": Suite("validation-full", mteb_tasks=VALIDATION_SUITE_TASKS, lm_tasks=(), out_of_domain=True),

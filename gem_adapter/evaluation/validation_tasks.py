@@ -290,8 +290,8 @@ def _task_class(name: str) -> type:
 def _metadata(**fields: Any):
     from mteb.abstasks.task_metadata import TaskMetadata
 
-    common = dict(modalities=["text"], eval_splits=["test"], eval_langs=["eng-Latn"], dialect=[],
-                  sample_creation="found")
+    common = {"modalities": ["text"], "eval_splits": ["test"], "eval_langs": ["eng-Latn"], "dialect": [],
+              "sample_creation": "found"}
     return TaskMetadata(**{**common, **fields})
 
 
@@ -306,8 +306,9 @@ def _build_class(name: str) -> type:
                "revision": "5db857e6f7df11eabb5e5665836db9ec8df07e28"}
     hu_liu = ("@inproceedings{hu2004mining,\n  author = {Hu, Minqing and Liu, Bing},\n  booktitle = {Proceedings of "
               "KDD 2004},\n  title = {Mining and Summarizing Customer Reviews},\n  year = {2004},\n}")
-    answer_selection = dict(type="Reranking", category="t2t", main_score="map_at_1000", task_subtypes=["Question answering"],
-                            annotations_creators="human-annotated", dataset=castorini)
+    answer_selection = {"type": "Reranking", "category": "t2t", "main_score": "map_at_1000",
+                        "task_subtypes": ["Question answering"], "annotations_creators": "human-annotated",
+                        "dataset": castorini}
     if name == "TweetEvalClassification":
         class TweetEvalClassification(AbsTaskClassification):
             metadata = _metadata(
