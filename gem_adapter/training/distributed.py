@@ -30,6 +30,7 @@ dimension, and it does not average gradients (``GEMTrainer._average_gradients`` 
 
 from __future__ import annotations
 
+import atexit
 from collections.abc import Callable
 
 import torch
@@ -90,3 +91,20 @@ def gathered_loss(loss: Callable[..., torch.Tensor], *local: torch.Tensor) -> to
     processes, the gradients are that process's (see the module docstring). One process: ``loss(*local)``.
     """
     return scale_gradient(loss(*[gather_rows(tensor) for tensor in local]), world_size())
+
+
+def release_at_exit() -> None:
+    """Destroy the default process group when the interpreter exits, once, if one is initialised.
+
+    Left to C++ teardown after Python has finalised, gloo's threads can abort a process that has
+    finished its work ("terminate called without an active exception", seen on a CI run of the
+    two-process test), and the launcher then reports the whole job failed.
+    """
+    if world_size() > 1 and not getattr(release_at_exit, "registered", False):
+        release_at_exit.registered = True
+        atexit.register(_destroy_process_group)
+
+
+def _destroy_process_group() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

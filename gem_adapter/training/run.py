@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ..errors import GEMError
 from .distill import teacher_location
+from .distributed import release_at_exit
 from .pairs import count_by_source, train_splits_used
 from .recipes import RESOLVED_NAME, save_resolved
 from .selection import default_scorer, selection_summary, validation_hook
@@ -243,7 +244,9 @@ def train(
         final_eval = at_end[-1] if at_end else trainer.evaluate()  # no second pass over the same step
 
     tokens_seen = _summed_over_processes(trainer, trainer.train_tokens_seen)
+    release_at_exit()
     if not trainer.is_world_process_zero():
+        trainer.accelerator.wait_for_everyone()  # returns once the main process has written the adapter
         return output_dir  # one process writes the adapter and the summary
     save_adapter(gem, output_dir)
     elapsed = time.time() - started
@@ -266,6 +269,7 @@ def train(
     if config.validation_eval:
         summary["validation"] = selection_summary(config, trainer.state)
     (output_dir / SUMMARY).write_text(json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
+    trainer.accelerator.wait_for_everyone()
     return output_dir
 
 
