@@ -23,7 +23,7 @@ def bench_encode(args, results: dict) -> None:
     model_kwargs = {"dtype": torch.float32, "attn_implementation": "sdpa"}
     inferred = models.Transformer(resolve_base(args.base), model_kwargs=model_kwargs)
     # sentence-transformers 6 renders plain strings through the tokenizer's chat template when
-    # there is one (SmolLM2-Instruct has), which embeds ~3.6x more tokens; pinning the module
+    # there is one (SmolLM2-Instruct has), which embeds several times more tokens; pinning the module
     # to its text modality makes both sides embed the same token sequences.
     backbone = models.Transformer(resolve_base(args.base), max_seq_length=gem.config.max_length, model_kwargs=model_kwargs,
                                   modality_config={"text": inferred.modality_config["text"]},
