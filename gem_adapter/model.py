@@ -90,7 +90,9 @@ class GEMModel:
         ``load_in_4bit`` quantises the base with bitsandbytes NF4 and double quantisation;
         ``compute_dtype`` is the dtype of the 4-bit matmuls (``dtype`` auto/None leaves the
         rest of a 4-bit model to transformers). A folder holding
-        ``gem_config.json`` (a merged GEM checkpoint) keeps its trained GEM rows.
+        ``gem_config.json`` (a merged GEM checkpoint) keeps its trained GEM rows; a merged gated
+        checkpoint's LoRA (its ``alora/`` folder, ``gem merge`` of an adapter of scope ``gem``) is
+        loaded with it, gated.
         ``fuse`` folds the adapter into the (full-precision) base weights for inference
         speed; ``unfuse_adapters()`` or any adapter switch undoes it (see ``runtime``).
         ``cache_quantized`` keeps the NF4 copy of a local base in the cache and loads it next
@@ -148,6 +150,17 @@ class GEMModel:
             if quantized is not None:
                 store_quantized(model, quantized)
         initialize_rows = not merged_checkpoint
+        # a merged gated checkpoint (gem merge of an adapter_scope gem adapter) carries its LoRA apart
+        activated_lora = Path(base_path) / scope.ACTIVATED_LORA if merged_checkpoint else None
+        if activated_lora is not None and activated_lora.is_dir():
+            if adapter_path is not None:
+                raise GEMError(f"{base_path} is a merged gated GEM checkpoint (its LoRA in {scope.ACTIVATED_LORA}/); "
+                               "load it without an adapter, or load its base with the adapter")
+            gem_model = cls(model, tokenizer, config, initialize_rows=False)
+            with quiet.peft_calls():
+                gem_model.model = scope.load_activated_lora(gem_model.model, activated_lora)
+            gem_model.model.eval()
+            return gem_model
         if adapter_path is None:
             return cls(model, tokenizer, config, initialize_rows=initialize_rows)
 

@@ -15,7 +15,8 @@ done here with hooks on every LoRA layer, because the GEM paths call the decoder
 with a 4D mask and segment ids, which PEFT's aLoRA offsets (computed in
 ``PeftModel.forward``, counted from the end of each row) never see. A gated
 adapter's LoRA cannot be folded into the base weights (the delta would then reach every
-token): ``fuse`` folds its GEM rows only, ``gem merge``, ``gem export`` and ``gem stack`` refuse it.
+token): ``fuse`` folds its GEM rows only, ``gem stack`` refuses it, and ``gem merge`` / ``gem export``
+write its LoRA apart as a PEFT activated LoRA (``ACTIVATED_LORA``; ``adapters/gated.py``).
 
 This module knows about PEFT modules and segment ids, nothing about tokenizers.
 """
@@ -37,6 +38,9 @@ from .masking import (
 )
 
 ADAPTER_SCOPES: tuple[str, ...] = ("all", "gem")
+# The folder inside a merged gated checkpoint (``gem merge`` of a scope ``gem`` adapter) that holds
+# its LoRA as a PEFT activated LoRA, invoked by the GEM token.
+ACTIVATED_LORA = "alora"
 _GATE_ATTRIBUTE = "_gem_scope_gate"
 
 
@@ -121,6 +125,23 @@ def install(model, scope: str) -> int:
         gate.handles.append(layer.register_forward_hook(gate.after_layer, always_call=True))
     object.__setattr__(model, _GATE_ATTRIBUTE, gate)
     return len(layers)
+
+
+def load_activated_lora(model, folder):
+    """``model`` (a transformers causal LM) with the activated LoRA in ``folder`` loaded as a gated LoRA.
+
+    A merged gated checkpoint keeps its LoRA as a PEFT aLoRA whose invocation is the GEM
+    token. PEFT finds the invocation only inside ``PeftModelForCausalLM.forward``, which the
+    GEM paths do not call (they run the decoder with a 4D mask), so the LoRA is loaded here
+    without it and gated by segments: for k = 1 the same tokens, the GEM token and after.
+    """
+    from peft import LoraConfig, PeftModel
+
+    config = LoraConfig.from_pretrained(str(folder))
+    config.alora_invocation_tokens = None
+    peft_model = PeftModel.from_pretrained(model, str(folder), config=config, is_trainable=False)
+    install(peft_model, "gem")
+    return peft_model
 
 
 def scope_of(model) -> str:

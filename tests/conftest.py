@@ -136,9 +136,11 @@ def save_tiny_base(folder: Path, architecture: str = "llama") -> Path:
 
 
 def random_gem_adapter(base: Path, out: Path, seed: int, template: str | None = None, num_gem_tokens: int = 1,
-                       adapter_scope: str = "all") -> Path:
-    """A GEM adapter with a random LoRA on q/v and random GEM rows, saved as training saves one
-    (no training needed to check that a loader applies it)."""
+                       adapter_scope: str = "all", target_modules: list[str] | str = ("q_proj", "v_proj"),
+                       lora_b_std: float | None = None) -> Path:
+    """A GEM adapter with a random LoRA (on q/v unless ``target_modules``) and random GEM rows, saved as
+    training saves one (no training needed to check that a loader applies it). ``lora_b_std``: LoRA B
+    drawn from N(0, std) instead of PEFT's small random init, for a LoRA that moves embeddings far."""
     from peft import LoraConfig, get_peft_model
 
     from gem_adapter import GEMConfig, GEMModel, quiet
@@ -148,12 +150,15 @@ def random_gem_adapter(base: Path, out: Path, seed: int, template: str | None = 
                        adapter_scope=adapter_scope)
     gem = GEMModel.from_pretrained(base, config=config, dtype="float32")
     torch.manual_seed(seed)
-    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False,
+    targets = target_modules if isinstance(target_modules, str) else list(target_modules)
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=lora_b_std is not None,
                       trainable_token_indices=list(gem.gem_token_ids))
     with quiet.peft_calls():
         model = get_peft_model(gem.model, lora)
     with torch.no_grad():
         for name, parameter in model.named_parameters():
+            if lora_b_std is not None and "lora_B" in name:
+                parameter.normal_(std=lora_b_std)
             if "trainable_tokens_delta" in name:
                 parameter.add_(torch.randn_like(parameter) * 0.5)
     model.save_pretrained(out, save_embedding_layers=False)

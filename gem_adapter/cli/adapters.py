@@ -35,7 +35,9 @@ def merge_command(base, adapter, out, dtype, force, allow_pickle, as_json) -> No
 
     The base is loaded in full precision even for an adapter trained on a 4-bit base.
     The result loads with AutoModelForCausalLM and GEMModel; with k = 1 any last-token
-    pooler on TEXT + "<|gem_0|>" gives the GEM embedding.
+    pooler on TEXT + "<|gem_0|>" gives the GEM embedding. An adapter of adapter_scope gem
+    (k = 1) keeps its LoRA apart as a PEFT activated LoRA invoked by the GEM token
+    (OUT/alora, loaded with PeftModel.from_pretrained), so plain text runs the base.
 
     \b
     Examples:
