@@ -451,3 +451,11 @@ def test_cli_pairs_writes_the_file_once_and_refuses_to_overwrite(tmp_path, data_
                                       "train splits of: no suite task (general-domain sources only)")
     missing = CliRunner().invoke(main, ["pairs", "--out", str(out)])
     assert missing.exit_code == 2 and "Missing option '--data-dir'" in missing.output
+
+
+def test_missing_pairs_data_is_named_as_missing(tmp_path):
+    from gem_adapter.training.pairs import load_pairs
+
+    for sources in (None, ["snli"]):  # with sources it used to be taken for a pairs file
+        with pytest.raises(GEMError, match=rf"pairs_data {tmp_path / 'none'} does not exist"):
+            load_pairs(tmp_path / "none", sources=sources)

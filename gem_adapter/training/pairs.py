@@ -153,6 +153,8 @@ def load_pairs(location: str | Path, seed: int = 0, sources: str | Sequence[str]
     location = Path(location)
     if location.is_dir():
         return build_pairs(location, sources=sources, seed=seed)
+    if not location.exists():
+        raise GEMError(f"pairs_data {location} does not exist; give a pairs file (gem pairs) or the shared data folder")
     if sources is not None:
         raise GEMError(f"pairs_sources applies to a data folder, not to the pairs file {location}; "
                        "write the file with `gem pairs --sources ...` instead")
