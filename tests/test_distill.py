@@ -30,6 +30,9 @@ from gem_adapter.training.distill import (
 )
 from gem_adapter.training.pairs import write_pairs
 
+# these tests compare numbers to float32 tolerances (GradCache and gathering against one pass)
+pytestmark = pytest.mark.usefixtures("auto_is_float32")
+
 SENTENCES = [
     f"Sentence {i} talks about the {w} near the river. Another remark follows it, with {i % 5} words more."
     for i, w in enumerate(["dog", "cat", "boat", "tree", "house", "car", "bird", "stone"] * 12)
