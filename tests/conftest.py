@@ -128,6 +128,21 @@ def tiny_training_config(base, data, output, **overrides):
     return load_recipe(None, values)
 
 
+# A training corpus for tiny-model runs: 96 two-sentence paragraphs (the corpus fixture writes them).
+SENTENCES = [
+    f"Sentence {i} talks about the {w} near the river. Another remark follows it, with {i % 5} words more."
+    for i, w in enumerate(["dog", "cat", "boat", "tree", "house", "car", "bird", "stone"] * 12)
+]
+
+
+@pytest.fixture
+def corpus(tmp_path) -> Path:
+    """``SENTENCES`` as a plain-text corpus file, paragraphs separated by blank lines."""
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n\n".join(SENTENCES))
+    return path
+
+
 def save_tiny_base(folder: Path, architecture: str = "llama") -> Path:
     """A tiny random model and the byte tokenizer saved as a Hugging Face folder."""
     tiny_model(architecture).save_pretrained(folder)
@@ -244,3 +259,45 @@ def _cpuinfo(tmp_path_factory, dtype: str) -> Path:
     path = tmp_path_factory.mktemp("cpu") / f"cpuinfo-{dtype}"
     path.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
     return path
+
+
+def trainer_and_batch(config, with_pairs: bool = False):
+    """A ``GEMTrainer`` built as ``train`` builds it for ``config``, and one collated batch of 8 chunks.
+
+    LoRA B is drawn at random (it starts at zero, which would leave A without gradient); with
+    ``with_pairs`` the collator draws 6 of 10 supervised pairs (token ids, every other with a hard
+    negative, as ``run.tokenize_pairs`` makes them) into the batch. Returns (trainer, batch, gem).
+    """
+    from datasets import Dataset
+
+    from gem_adapter.training.collator import GEMCollator
+    from gem_adapter.training.run import build_peft_model, load_chunks, make_collator
+    from gem_adapter.training.trainer import GEMTrainer
+
+    gem = build_peft_model(config)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for name, parameter in gem.model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.05)
+    chunks, _unused = load_chunks(config, gem.tokenizer)
+    collator = make_collator(config, gem)
+    if with_pairs:
+        pairs = [{"anchor": chunks[i][:12], "positive": chunks[i][4:20], "negative": chunks[i + 1][:10] if i % 2 else None,
+                  "group": f"g{i}"} for i in range(20, 30)]
+        collator = GEMCollator(**{**collator.__dict__, "pairs": pairs, "pairs_per_batch": 6})
+    trainer = GEMTrainer(model=gem.model, args=config, data_collator=collator, processing_class=gem.tokenizer,
+                         train_dataset=Dataset.from_dict({"input_ids": chunks, "index": list(range(len(chunks)))}),
+                         gem_token_ids=gem.gem_token_ids)
+    trainer.current_gradient_accumulation_steps = config.gradient_accumulation_steps  # set by the training loop
+    batch = collator([{"input_ids": chunks[i], "index": i} for i in range(8)])
+    return trainer, batch, gem
+
+
+def gradients_of(trainer, batch, chunk=None, num_items_in_batch=None):
+    """One training step's loss and the gradients it leaves, with GradCache chunks of ``chunk`` (None: one pass)."""
+    trainer.args.contrastive_cache_chunk = chunk
+    trainer.model.zero_grad(set_to_none=True)
+    loss = trainer.training_step(trainer.model, dict(batch), num_items_in_batch)
+    grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.requires_grad and p.grad is not None}
+    return loss, grads

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import QUANTIZABLE, make_config, make_tokenizer, tiny_model, tiny_training_config
+from conftest import QUANTIZABLE, SENTENCES, make_config, make_tokenizer, tiny_model, tiny_training_config
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -41,10 +41,6 @@ from gem_adapter.training.run import train
 # these tests compare numbers to float32 tolerances; the bfloat16 side is tests/test_bfloat16.py
 pytestmark = pytest.mark.usefixtures("auto_is_float32")
 
-SENTENCES = [
-    f"Sentence {i} talks about the {w} near the river. Another remark follows it, with {i % 5} words more."
-    for i, w in enumerate(["dog", "cat", "boat", "tree", "house", "car", "bird", "stone"] * 12)
-]
 TEXTS = ["the dog near the river", "a boat", "", "Sentence 3 talks about the tree."]
 PROMPTS = ["The dog", "Another remark", "x"]
 

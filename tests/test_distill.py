@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_tokenizer, save_tiny_base, tiny_training_config
+from conftest import gradients_of, make_tokenizer, save_tiny_base, tiny_training_config, trainer_and_batch
 from safetensors import safe_open
 
 from gem_adapter import GEMConfig, GEMConfigError, GEMError, GEMModel
@@ -32,18 +32,6 @@ from gem_adapter.training.pairs import write_pairs
 
 # these tests compare numbers to float32 tolerances (GradCache and gathering against one pass)
 pytestmark = pytest.mark.usefixtures("auto_is_float32")
-
-SENTENCES = [
-    f"Sentence {i} talks about the {w} near the river. Another remark follows it, with {i % 5} words more."
-    for i, w in enumerate(["dog", "cat", "boat", "tree", "house", "car", "bird", "stone"] * 12)
-]
-
-
-@pytest.fixture
-def corpus(tmp_path):
-    path = tmp_path / "corpus.txt"
-    path.write_text("\n\n".join(SENTENCES))
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -167,42 +155,11 @@ def test_the_packaged_minilm_is_the_default_teacher(tmp_path):
 # ---------------------------------------------------------------------------- the trainer term
 def trainer_setup(tmp_path, corpus, teacher, with_pairs=True, **overrides):
     """A GEMTrainer on the tiny base with the teacher and (optionally) pairs, and one collated batch of 8 chunks."""
-    from datasets import Dataset
-
-    from gem_adapter.training.collator import GEMCollator
-    from gem_adapter.training.run import build_peft_model, load_chunks, make_collator
-    from gem_adapter.training.trainer import GEMTrainer
-
     values = {"distill_weight": 0.8, "distill_teacher": str(teacher), "lora_dropout": 0.0, "matryoshka_dims": [8],
               "per_device_train_batch_size": 8, "distill_texts": "all"}
     values.update(overrides)
     config = tiny_training_config(save_tiny_base(tmp_path / "tiny"), corpus, tmp_path / "out", **values)
-    gem = build_peft_model(config)
-    torch.manual_seed(3)
-    with torch.no_grad():  # LoRA's B starts at zero, which would leave A without gradient
-        for name, parameter in gem.model.named_parameters():
-            if "lora_B" in name:
-                parameter.normal_(0, 0.05)
-    chunks, _unused = load_chunks(config, gem.tokenizer)
-    collator = make_collator(config, gem)
-    if with_pairs:  # pairs as token ids, as run.tokenize_pairs makes them
-        pairs = [{"anchor": chunks[i][:12], "positive": chunks[i][4:20], "negative": chunks[i + 1][:10] if i % 2 else None,
-                  "group": f"g{i}"} for i in range(20, 30)]
-        collator = GEMCollator(**{**collator.__dict__, "pairs": pairs, "pairs_per_batch": 6})
-    trainer = GEMTrainer(model=gem.model, args=config, data_collator=collator, processing_class=gem.tokenizer,
-                         train_dataset=Dataset.from_dict({"input_ids": chunks, "index": list(range(len(chunks)))}),
-                         gem_token_ids=gem.gem_token_ids)
-    trainer.current_gradient_accumulation_steps = config.gradient_accumulation_steps  # set by the training loop
-    batch = collator([{"input_ids": chunks[i], "index": i} for i in range(8)])
-    return trainer, batch, gem
-
-
-def gradients_of(trainer, batch, chunk=None):
-    trainer.args.contrastive_cache_chunk = chunk
-    trainer.model.zero_grad(set_to_none=True)
-    loss = trainer.training_step(trainer.model, dict(batch), None)
-    grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.requires_grad and p.grad is not None}
-    return loss, grads
+    return trainer_and_batch(config, with_pairs)
 
 
 def test_the_batch_keeps_the_text_each_row_embeds(tmp_path, corpus, tiny_teacher):

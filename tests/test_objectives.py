@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
-from conftest import save_tiny_base, tiny_gem, tiny_training_config
+from conftest import gradients_of, save_tiny_base, tiny_gem, tiny_training_config, trainer_and_batch
 
 from gem_adapter import GEMConfig, GEMConfigError, GEMModel
 from gem_adapter.cli import main
@@ -26,18 +26,7 @@ from gem_adapter.training.recipes import load_recipe
 # these tests compare numbers to float32 tolerances; the bfloat16 side is tests/test_bfloat16.py
 pytestmark = pytest.mark.usefixtures("auto_is_float32")
 
-SENTENCES = [
-    f"Sentence {i} talks about the {w} near the river. Another remark follows it, with {i % 5} words more."
-    for i, w in enumerate(["dog", "cat", "boat", "tree", "house", "car", "bird", "stone"] * 12)
-]
 TEXTS = ["the dog near the river", "a boat", "Sentence 3 talks about the tree.", "x"]
-
-
-@pytest.fixture
-def corpus(tmp_path):
-    path = tmp_path / "corpus.txt"
-    path.write_text("\n\n".join(SENTENCES))
-    return path
 
 
 def plain_info_nce(a, b, temperature):
@@ -236,40 +225,10 @@ def test_grad_cached_replays_each_chunks_dropout_masks():
 
 
 def cache_setup(tmp_path, corpus, with_pairs=False, **overrides):
-    from datasets import Dataset
-
-    from gem_adapter.training.collator import GEMCollator
-    from gem_adapter.training.run import build_peft_model, load_chunks, make_collator
-    from gem_adapter.training.trainer import GEMTrainer
-
     config = tiny_training_config(save_tiny_base(tmp_path / "tiny"), corpus, tmp_path / "out", contrastive_weight=0.7,
                                   lora_dropout=0.0, matryoshka_dims=[8], per_device_train_batch_size=8, **overrides)
-    gem = build_peft_model(config)
-    torch.manual_seed(3)
-    with torch.no_grad():  # LoRA's B starts at zero, which would leave A without gradient
-        for name, parameter in gem.model.named_parameters():
-            if "lora_B" in name:
-                parameter.normal_(0, 0.05)
-    chunks, _unused = load_chunks(config, gem.tokenizer)
-    collator = make_collator(config, gem)
-    if with_pairs:  # supervised pairs as token ids, drawn into the batch as anchor/positive/negative rows
-        pairs = [{"anchor": chunks[i][:12], "positive": chunks[i][4:20], "negative": chunks[i + 1][:10] if i % 2 else None,
-                  "group": f"g{i}"} for i in range(20, 30)]
-        collator = GEMCollator(**{**collator.__dict__, "pairs": pairs, "pairs_per_batch": 6})
-    trainer = GEMTrainer(model=gem.model, args=config, data_collator=collator, processing_class=gem.tokenizer,
-                         train_dataset=Dataset.from_dict({"input_ids": chunks, "index": list(range(len(chunks)))}),
-                         gem_token_ids=gem.gem_token_ids)
-    trainer.current_gradient_accumulation_steps = config.gradient_accumulation_steps  # set by the training loop
-    batch = collator([{"input_ids": chunks[i], "index": i} for i in range(8)])
+    trainer, batch, _gem = trainer_and_batch(config, with_pairs)
     return trainer, batch
-
-
-def gradients_of(trainer, batch, chunk, num_items_in_batch=None):
-    trainer.args.contrastive_cache_chunk = chunk
-    trainer.model.zero_grad(set_to_none=True)
-    loss = trainer.training_step(trainer.model, dict(batch), num_items_in_batch)
-    grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.requires_grad and p.grad is not None}
-    return loss, grads
 
 
 @pytest.mark.parametrize("accumulation, by_token_count", [(1, False), (2, False), (2, True)])

@@ -6,15 +6,12 @@ import json
 
 import pytest
 import torch
-from conftest import SHARED_DATA, make_tokenizer, tiny_model, tiny_training_config
+from conftest import SENTENCES, SHARED_DATA, make_tokenizer, tiny_model, tiny_training_config
 from safetensors import safe_open
 
 from gem_adapter import GEMConfigError
 from gem_adapter.training.run import train
 from gem_adapter.training.selection import metric_name
-
-SENTENCES = [f"Sentence {i} talks about the {w} near the river. Another remark follows it, with {i % 5} words more."
-             for i, w in enumerate(["dog", "cat", "boat", "tree", "house", "car", "bird", "stone"] * 12)]
 
 
 @pytest.fixture

@@ -21,18 +21,6 @@ from conftest import QUANTIZABLE, make_tokenizer, tiny_model, tiny_training_conf
 # these tests compare numbers to float32 tolerances; the bfloat16 side is tests/test_bfloat16.py
 pytestmark = pytest.mark.usefixtures("auto_is_float32")
 
-SENTENCES = [
-    f"Sentence {i} talks about the {w} near the river. Another remark follows it, with {i % 5} words more."
-    for i, w in enumerate(["dog", "cat", "boat", "tree", "house", "car", "bird", "stone"] * 12)
-]
-
-
-@pytest.fixture
-def corpus(tmp_path):
-    path = tmp_path / "corpus.txt"
-    path.write_text("\n\n".join(SENTENCES))
-    return path
-
 
 def tiny_folder(tmp_path, tie=False, **sizes):
     folder = tmp_path / ("tiny-tied" if tie else "tiny")
