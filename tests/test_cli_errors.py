@@ -163,6 +163,8 @@ CASES = [
     *output_cases("train", TRAIN, file_output=False),
     ("train-data-missing", ["train", "--base", "{model}", "--data", "{work}/none.jsonl", "--out", "{work}/t"],
      None, "training data {work}/none.jsonl does not exist"),
+    ("train-pairs-missing", TRAIN + ["--out", "{work}/t", "--set", "pairs_data={work}/no-pairs.jsonl"],
+     None, "pairs_data {work}/no-pairs.jsonl does not exist; give a pairs .jsonl file"),
     ("train-data-not-utf8", ["train", "--base", "{model}", "--data", "{work}/latin1.jsonl", "--out", "{work}/t"],
      None, "{work}/latin1.jsonl:2 is not valid UTF-8"),
     ("train-resume-nothing", TRAIN + ["--out", "{work}/t", "--resume"],

@@ -70,6 +70,7 @@ def train_command(recipe, overrides, data, base, out, output_alias, resume, forc
     """
     from ..training import load_recipe, parse_overrides
     from ..training import train as run_training
+    from ..training.pairs import require_pairs_location
 
     out = pick_alias(out, output_alias, "--out", "--output")
     force = pick_alias(force, overwrite_alias, "--force", "--overwrite")
@@ -99,9 +100,8 @@ def train_command(recipe, overrides, data, base, out, output_alias, resume, forc
             raise GEMError(f"training data {corpus} does not exist; pass --data with a .txt, .jsonl, .zip or folder")
         for path in _jsonl_files(corpus):
             check_utf8_file(path, "training data")
-    if config.pairs_data and not Path(config.pairs_data).exists():
-        raise GEMError(f"pairs_data {config.pairs_data} does not exist; give a pairs .jsonl file (gem pairs writes one) "
-                       "or the shared data folder to build pairs from")
+    if config.pairs_data:
+        require_pairs_location(config.pairs_data)
 
     folder = run_training(config, resume=resume, overwrite=force)
     click.echo(f"adapter written to {folder}  (use: gem embed --base {config.base_model} --adapter {folder} ...)")

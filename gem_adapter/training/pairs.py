@@ -147,14 +147,21 @@ def _json_type(value) -> str:
     return "null"
 
 
+def require_pairs_location(location: str | Path) -> Path:
+    """``location`` as a path, refused in one line when nothing is there (checked before any model loads)."""
+    location = Path(location)
+    if not location.exists():
+        raise GEMError(f"pairs_data {location} does not exist; give a pairs .jsonl file (gem pairs writes one) "
+                       "or the shared data folder to build pairs from")
+    return location
+
+
 def load_pairs(location: str | Path, seed: int = 0, sources: str | Sequence[str] | None = None) -> list[dict[str, str]]:
     """A pairs file (``read_pairs``), or a shared data folder to build pairs from (``build_pairs``
     with ``sources``, default all; a file is read whole, so ``sources`` must then be None)."""
-    location = Path(location)
+    location = require_pairs_location(location)
     if location.is_dir():
         return build_pairs(location, sources=sources, seed=seed)
-    if not location.exists():
-        raise GEMError(f"pairs_data {location} does not exist; give a pairs file (gem pairs) or the shared data folder")
     if sources is not None:
         raise GEMError(f"pairs_sources applies to a data folder, not to the pairs file {location}; "
                        "write the file with `gem pairs --sources ...` instead")
