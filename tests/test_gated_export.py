@@ -321,3 +321,20 @@ def test_the_vllm_plugin_registers_every_gated_architecture(monkeypatch):
                           for name in ("LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM")}
     project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
     assert project["project"]["entry-points"]["vllm.general_plugins"] == {"gem_gated": "gem_adapter.adapters.vllm_plugin:register"}
+
+
+def test_the_modules_outside_gem_adapters_imports_repeat_its_names():
+    """The sentence-transformers module and the vLLM plugin import nothing of gem-adapter, so they repeat
+    a few names; the copies must stay equal to the originals (vllm_gated imports vLLM: read as source)."""
+    import ast
+
+    from gem_adapter import scope
+    from gem_adapter.adapters import gated, gem_gated_transformer, vllm_plugin
+
+    assert gem_gated_transformer.ACTIVATED_LORA == scope.ACTIVATED_LORA
+    assert gem_gated_transformer.GATED_ARCHITECTURE_PREFIX == gated.GATED_ARCHITECTURE_PREFIX == vllm_plugin.GATED_PREFIX
+    source = Path(gated.__file__).with_name("vllm_gated.py").read_text()
+    constants = {node.targets[0].id: node.value.value for node in ast.parse(source).body
+                 if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)
+                 and isinstance(node.value, ast.Constant)}
+    assert constants["GATE_CONFIG_KEY"] == gated.GATE_CONFIG_KEY
