@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from . import quiet, runtime, scope
-from .compat import has_tokenizer
+from .compat import tokenizer_source
 from .config import GEMConfig
 from .errors import GEMError, ModelResolutionError
 from .hub import DEFAULT_ADAPTER, quantized_copy, resolve_base, shipped_adapter, store_quantized
@@ -116,8 +116,7 @@ class GEMModel:
         adapter_path = Path(adapter) if adapter is not None else None
         adapter_folder = _check_adapter_folder(adapter_path, allow_pickle) if adapter_path is not None else None
         # an adapter without tokenizer files (the shipped one) takes the base's; its GEM tokens are added below
-        own_tokenizer = adapter_path is not None and has_tokenizer(adapter_path)
-        tokenizer_source = str(adapter_path) if own_tokenizer else base_path
+        tokenizer_folder = tokenizer_source(adapter_path, base_path) if adapter_path is not None else base_path
 
         merged_checkpoint = GEMConfig.exists(base_path)
         if config is None:
@@ -140,7 +139,7 @@ class GEMModel:
         elif load_in_4bit:
             kwargs["device_map"] = {"": "cuda" if torch.cuda.is_available() else "cpu"}
 
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder)
         quantized = quantized_copy(base_path, kwargs["quantization_config"]) if load_in_4bit and cache_quantized else None
         if quantized is not None and (quantized / "config.json").is_file():
             kwargs.pop("quantization_config")  # the copy's config.json carries it

@@ -109,8 +109,13 @@ STOCK_USER = textwrap.dedent('''
 
 @pytest.fixture(scope="module")
 def stock_vectors(merged, sentence_transformers_export) -> dict:
+    return stock_user_vectors(merged, sentence_transformers_export, TEXTS)
+
+
+def stock_user_vectors(merged: Path, sentence_transformers_export: Path, texts: list[str]) -> dict:
+    """``STOCK_USER``'s embeddings of ``texts`` (the process's last line, as JSON), run in a fresh interpreter."""
     result = subprocess.run([sys.executable, "-c", STOCK_USER, str(merged), str(sentence_transformers_export),
-                             json.dumps(TEXTS)], capture_output=True, text=True, env={**_environment(), "HF_HUB_OFFLINE": "1"})
+                             json.dumps(texts)], capture_output=True, text=True, env={**_environment(), "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -233,6 +238,19 @@ def test_a_saved_sentence_transformer_keeps_the_gate(tmp_path, sentence_transfor
     served.save(str(tmp_path / "again"))
     again = SentenceTransformer(str(tmp_path / "again"), device="cpu", trust_remote_code=True)
     assert cosines(again.encode(TEXTS), reference).min() >= 0.99999
+
+
+def test_an_adapter_without_tokenizer_files_merges_and_exports_with_its_bases(tmp_path, base, gated, reference):
+    # the shipped adapter carries no tokenizer: the base's, plus the GEM token GEMModel adds, has the same ids
+    bare = tmp_path / "no-tokenizer"
+    bare.mkdir()
+    for path in gated.iterdir():
+        if path.is_file() and not path.name.startswith(("tokenizer", "special_tokens", "chat_template")):
+            (bare / path.name).write_bytes(path.read_bytes())
+    merge(base, bare, tmp_path / "merged")
+    assert cosines(GEMModel.from_pretrained(tmp_path / "merged", dtype="float32").encode(TEXTS), reference).min() >= 0.99999
+    export(base, bare, tmp_path / "vllm", "vllm")
+    assert (tmp_path / "vllm" / "alora" / "adapter_config.json").is_file()
 
 
 def test_gem_model_loads_the_merged_folder_gated(merged, base, gated, reference):

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import quiet, scope
-from ..compat import embedding_targets
+from ..compat import embedding_targets, tokenizer_source
 from ..errors import GEMError
 from ..files import AdapterFolder
 from .engine_tokenizer import EMBEDDING_TOKENIZER, embedding_tokenizer, save_tokenizer
@@ -146,7 +146,8 @@ def build_gated(base_path: str, folder: AdapterFolder) -> dict[str, Any]:
     base_tokenizer = AutoTokenizer.from_pretrained(base_path)
     base_logits = plain_logits(lm, base_tokenizer, PROBE_TEXTS)
 
-    gem = GEMModel(lm, AutoTokenizer.from_pretrained(str(folder.path)), dataclasses.replace(folder.gem_config))
+    gem = GEMModel(lm, AutoTokenizer.from_pretrained(tokenizer_source(folder.path, base_path)),
+                   dataclasses.replace(folder.gem_config))
     with quiet.peft_calls():
         gem.model = PeftModel.from_pretrained(gem.model, str(folder.path), is_trainable=False)
     gem.model.eval()

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import quiet
-from ..compat import _unwrapped, check_compatibility, embedding_targets, spec_from_folder
+from ..compat import _unwrapped, check_compatibility, embedding_targets, spec_from_folder, tokenizer_source
 from ..errors import GEMError
 from ..files import AdapterFolder, atomic_output, check_output, parse_dtype, read_adapter
 from .gated import is_gated, require_activatable, write_gated_merged
@@ -195,7 +195,8 @@ def build_merged(base_path: str, folder: AdapterFolder, spec) -> dict[str, Any]:
     untie_first = tied and bool(targets)
     if untie_first:
         untie(lm)
-    gem = GEMModel(lm, AutoTokenizer.from_pretrained(str(folder.path)), dataclasses.replace(folder.gem_config))
+    gem = GEMModel(lm, AutoTokenizer.from_pretrained(tokenizer_source(folder.path, base_path)),
+                   dataclasses.replace(folder.gem_config))
     with quiet.peft_calls():
         gem.model = PeftModel.from_pretrained(gem.model, str(folder.path), is_trainable=False)
     gem.model.eval()

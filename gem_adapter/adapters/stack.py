@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import quiet
-from ..compat import check_compatibility, spec_from_folder
+from ..compat import check_compatibility, spec_from_folder, tokenizer_source
 from ..errors import GEMError, IncompatibleError
 from ..files import (
     ADAPTER_CONFIG,
@@ -148,7 +148,7 @@ def stack(
         _remove_tree(staging / ".peft")
         from transformers import AutoTokenizer
 
-        AutoTokenizer.from_pretrained(str(folders[source].path)).save_pretrained(staging)
+        AutoTokenizer.from_pretrained(tokenizer_source(folders[source].path, base_path)).save_pretrained(staging)
         dataclasses.replace(folders[source].gem_config, base_model=str(base), base_fingerprint=spec.fingerprint(),
                             library_version=__version__).save(staging)
         report = StackReport(
@@ -208,7 +208,8 @@ def _load_all(base_path: str, folders: dict[str, AdapterFolder], source: str):
     from ..model import GEMModel
 
     lm = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
-    gem = GEMModel(lm, AutoTokenizer.from_pretrained(str(folders[source].path)), folders[source].gem_config)
+    gem = GEMModel(lm, AutoTokenizer.from_pretrained(tokenizer_source(folders[source].path, base_path)),
+                   folders[source].gem_config)
     names = list(folders)
     with quiet.peft_calls():
         model = PeftModel.from_pretrained(gem.model, str(folders[names[0]].path), adapter_name=names[0], is_trainable=False)

@@ -9,7 +9,7 @@ import click
 
 from ..errors import GEMError
 from .checks import check_output
-from .common import library_errors
+from .common import SHIPPED_ADAPTER_HELP, given_or_shipped_adapter, library_errors
 
 _DTYPES = click.Choice(["float32", "bfloat16", "float16"])
 _METHODS = click.Choice(["linear", "cat", "svd", "ties", "dare_ties", "dare_linear"])
@@ -23,7 +23,7 @@ def _echo_lines(lines: list[str]) -> None:
 @click.command("merge")
 @click.option("--base", default=None,
               help="Base model (folder, .gguf, hub id, alias)  [default: the adapter's recorded base]")
-@click.option("--adapter", required=True, type=click.Path(path_type=Path), help="GEM adapter folder (gem train / stack / swap).")
+@click.option("--adapter", default=None, type=click.Path(path_type=Path), help=SHIPPED_ADAPTER_HELP)
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder for the merged checkpoint.")
 @click.option("--dtype", type=_DTYPES, default="float32", show_default=True, help="Dtype of the saved weights (merging is float32).")
 @click.option("--force", is_flag=True, help="Replace an existing, non-empty --out folder.")
@@ -41,11 +41,13 @@ def merge_command(base, adapter, out, dtype, force, allow_pickle, as_json) -> No
 
     \b
     Examples:
+      gem merge --base smollm2-135m --out merged/          # the adapter shipped for it
       gem merge --base smollm2-135m --adapter runs/gem --out merged/
       gem merge --adapter runs/llama --out merged-llama --dtype bfloat16
     """
     from ..adapters import merge
 
+    adapter = given_or_shipped_adapter(base, adapter)
     target = check_output(out, folder=True, force=force)
     report = merge(base, adapter, target, dtype=dtype, force=force, allow_pickle=allow_pickle)
     if as_json:

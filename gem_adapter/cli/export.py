@@ -8,13 +8,13 @@ from pathlib import Path
 import click
 
 from .checks import check_output
-from .common import library_errors
+from .common import SHIPPED_ADAPTER_HELP, given_or_shipped_adapter, library_errors
 
 
 @click.command("export")
 @click.option("--base", default=None,
               help="Base model (folder, .gguf, hub id, alias).  [default: the adapter's recorded base]")
-@click.option("--adapter", required=True, type=click.Path(path_type=Path), help="GEM adapter folder with k = 1 GEM token.")
+@click.option("--adapter", default=None, type=click.Path(path_type=Path), help=SHIPPED_ADAPTER_HELP + "; k = 1 GEM token")
 @click.option("--format", "export_format", required=True,
               type=click.Choice(["sentence-transformers", "vllm", "gguf"]), help="The engine that will load the export.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder to write the export to.")
@@ -36,12 +36,14 @@ def export_command(base, adapter, export_format, out, dtype, converter, force, a
 
     \b
     Examples:
+      gem export --base smollm2-135m --format vllm --out export/vllm   # the adapter shipped for it
       gem export --adapter runs/gem --format sentence-transformers --out export/st
       gem export --adapter runs/gem --format vllm --out export/vllm
       gem export --adapter runs/gem-notemplate --format gguf --out export/gguf
     """
     from ..adapters import export
 
+    adapter = given_or_shipped_adapter(base, adapter)
     target = check_output(out, folder=True, force=force)
     report = export(base, adapter, target, export_format, dtype=dtype, force=force, allow_pickle=allow_pickle,
                     converter=converter)
