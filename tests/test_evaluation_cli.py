@@ -157,7 +157,7 @@ def test_report_with_in_domain_tasks_standard_errors_and_the_prompteol_differenc
         "notes": {}, "lm_shared_rows": [], "lm_seconds": {}, "versions": {}, "wall_time_s": 1.0, "finished": "now",
         "lm_difference": {"ARC-Easy": {"metric": "acc_norm", "gem": 0.42, "base": 0.4, "difference": 0.02,
                                        "se": 0.005, "n": 2376}},
-        "train_splits_used": used, "in_domain_tasks": used,
+        "train_splits_used": used, "in_domain_tasks": used, "dtype": "bfloat16",
     }
     header, rows = table_rows(summary)
     assert header == ["Model", "STSB*", "SICK-R", "Banking77*", "SciFact", "held-out avg", "all avg", "ARC-E", "LM avg"]
@@ -167,6 +167,7 @@ def test_report_with_in_domain_tasks_standard_errors_and_the_prompteol_differenc
         ["GEM − PromptEOL", "+10.0", "-2.0", "+20.0", "+5.0", "+1.5", "+8.2", "+2.0 ± 0.5", "+2.0"],
     ]
     text = render_markdown(summary)
+    assert "- seed: 0; data: `/d`; dtype: bfloat16" in text  # what `auto` picked changes the scores
     assert "held-out avg: mean over the 2 task(s) whose train split the adapter's recipe did not use (SICK-R, SciFact)" in text
     assert "Columns marked * are in-domain" in text and "train_splits_used: STSBenchmark, Banking77Classification" in text
     assert "GEM is above PromptEOL on 3 of 4 task(s) (not on SICK-R)" in text

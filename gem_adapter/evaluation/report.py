@@ -226,7 +226,8 @@ def render_markdown(summary: dict[str, Any]) -> str:
     lines += [
         f"- suite: **{summary['suite']}**" + (f" (every task capped at {summary['limit']} items)" if summary.get("limit") else ""),
         f"- base model: `{summary['base']}`; adapter: `{summary.get('adapter') or 'none (GEM token untrained)'}`",
-        f"- seed: {summary['seed']}; data: `{summary['data_dir']}`",
+        f"- seed: {summary['seed']}; data: `{summary['data_dir']}`"
+        + (f"; dtype: {summary['dtype']}" if summary.get("dtype") else ""),
         f"- wall time: {summary['wall_time_s']:.0f} s"
         + (" (the last sitting of a resumed run)" if summary.get("resumed") else "") + f"; finished {summary['finished']}",
         f"- versions: {', '.join(f'{k} {v}' for k, v in summary.get('versions', {}).items())}",
