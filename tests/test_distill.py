@@ -428,15 +428,20 @@ def test_two_launched_processes_distill_what_one_process_distills(tmp_path, tiny
     assert logged(double, "loss_distill") == pytest.approx(logged(single, "loss_distill"), rel=1e-5)
 
 
-def test_the_general_recipe_trains_on_no_benchmark_split_within_the_cpu_recipes_budget():
+def test_the_default_recipe_trains_on_no_benchmark_split_and_makes_an_adapter_that_exports():
+    from gem_adapter.cli.train import train_command
     from gem_adapter.training.pairs import GENERAL_SOURCES
     from gem_adapter.training.recipes import load_recipe
 
-    general, cpu = load_recipe("smollm2-135m-general"), load_recipe("smollm2-135m-cpu")
+    default = next(p.default for p in train_command.params if p.name == "recipe")
+    general, cpu = load_recipe(default), load_recipe("smollm2-135m-cpu")
+    assert default == "smollm2-135m-general"
     assert general.pairs_sources and set(general.pairs_sources) <= set(GENERAL_SOURCES)
     assert general.distill_weight > 0 and general.distill_texts == "all" and general.contrastive_weight == 0
-    assert (general.adapter_scope, general.num_gem_tokens) == ("gem", 4)
+    # gated and k = 1: the language model stays the base's and gem merge / gem export take the adapter
+    assert (general.adapter_scope, general.num_gem_tokens) == ("gem", 1)
+    # the same data, sizes and template as the benchmark-pairs recipe it replaced; only the pairs and steps differ
     for key in ("base_model", "data", "max_train_chunks", "max_chunk_tokens", "per_device_train_batch_size",
-                "pairs_per_batch", "max_steps", "eval_steps", "eval_chunks", "lora_r", "embed_template", "matryoshka_dims"):
+                "pairs_per_batch", "eval_chunks", "lora_r", "embed_template", "matryoshka_dims"):
         assert getattr(general, key) == getattr(cpu, key), key
     assert general.output_dir != cpu.output_dir

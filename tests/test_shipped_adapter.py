@@ -101,6 +101,32 @@ def test_default_model_embeds_with_the_shipped_adapter_unless_asked_not_to():
                            base.model(input_ids=ids).logits[..., :vocabulary])
 
 
+@pytest.mark.real_model
+def test_the_shipped_adapter_leaves_the_library_with_its_embeddings(tmp_path):
+    # k = 1 under the gate: `gem merge` and `gem export` of the default model (no --adapter: the shipped one)
+    # give folders that stock transformers + PEFT and sentence-transformers load with gem-adapter not
+    # importable, embedding plain text as encode does
+    from click.testing import CliRunner
+
+    from gem_adapter import GEMModel
+    from gem_adapter.cli import main
+    from test_gated_export import stock_user_vectors
+
+    assert json.loads((SHIPPED / "gem_config.json").read_text())["num_gem_tokens"] == 1
+    texts = ["A man is playing a guitar.", "The stock market fell sharply.", "Who wrote the novel Middlemarch?"]
+    reference = GEMModel.from_pretrained(DEFAULT_MODEL, dtype="float32").encode(texts)
+    for command in (["merge", "--out", str(tmp_path / "merged")],
+                    ["export", "--format", "sentence-transformers", "--out", str(tmp_path / "st")]):
+        result = CliRunner().invoke(main, [*command, "--base", DEFAULT_MODEL])
+        assert result.exit_code == 0, result.output
+    stock = stock_user_vectors(tmp_path / "merged", tmp_path / "st", texts)
+    assert stock["gem_adapter_imported"] is False
+    for route in ("transformers", "sentence_transformers"):
+        vectors = np.asarray(stock[route])
+        cosines = (vectors * reference).sum(-1) / np.linalg.norm(vectors, axis=-1)
+        assert cosines.min() >= 0.999, (route, cosines)  # the bar for every export route
+
+
 def test_shipped_folder_is_package_data():
     text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
     assert "shipped/*/*" in text

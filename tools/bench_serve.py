@@ -1,7 +1,7 @@
 """Embedding throughput and latency through the OpenAI-compatible server, against in-process encode.
 
     python tools/bench_serve.py                       # smollm2-135m, 15 s per point
-    python tools/bench_serve.py --adapter gem=runs/smollm2-135m-cpu --duration 30
+    python tools/bench_serve.py --adapter gem=runs/smollm2-135m-general --duration 30
 
 What it measures (loopback only, a fixed duration per point, closed loop: each client thread
 sends its next request when the last one answered, so the load is bounded by --concurrency):

@@ -1,6 +1,6 @@
 """Training benchmark: trained GEM adapters against the base model's training-free embeddings.
 
-    python tools/bench_training.py --adapter runs/smollm2-135m-cpu --out bench_training
+    python tools/bench_training.py --adapter runs/smollm2-135m-general --out bench_training
     python tools/bench_training.py --adapter paper=runs/paper --adapter default=runs/cpu --wikitext-tokens 40000
 
 Measures, all in one run on the same machine:

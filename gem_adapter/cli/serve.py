@@ -65,7 +65,7 @@ def serve_command(base, adapters, no_adapter, model_name, host, port, api_key, a
 
     \b
     Examples:
-      gem serve --base smollm2-135m --adapter gem=runs/smollm2-135m-cpu
+      gem serve --base smollm2-135m --adapter gem=runs/smollm2-135m-general
       GEM_API_KEY=secret gem serve --base ./llama --adapter gem=runs/llama --port 9000
 
     Clients use the base's name (--model-name, default --base) or an adapter's NAME as model.

@@ -45,7 +45,7 @@ def _jsonl_files(data: Path) -> list[Path]:
 
 
 @click.command("train", cls=_TrainCommand)
-@click.option("--recipe", default="smollm2-135m-cpu", show_default=True,
+@click.option("--recipe", default="smollm2-135m-general", show_default=True,
               help="Recipe name (listed below) or a YAML path.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a recipe key (repeatable), e.g. --set max_steps=50.")
@@ -65,8 +65,8 @@ def train_command(recipe, overrides, data, base, out, output_alias, resume, forc
     Examples:
       gem train                                           # default CPU recipe, SmolLM2-135M
       gem train --recipe llama-3.2-1b-qlora --data corpus.jsonl --out runs/llama
-      gem train --set max_steps=50 --set contrastive_weight=0 --out runs/paper
-      gem train --out runs/paper --resume
+      gem train --recipe smollm2-135m-paper --set max_steps=50 --out runs/paper
+      gem train --recipe smollm2-135m-paper --out runs/paper --resume
     """
     from ..training import load_recipe, parse_overrides
     from ..training import train as run_training
