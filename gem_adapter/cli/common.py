@@ -139,15 +139,11 @@ def chosen_adapter(base, adapter: Path | None, no_adapter: bool) -> Path | None:
 
 def given_or_shipped_adapter(base, adapter: Path | None) -> Path:
     """The adapter given, else the one shipped for the base alias ``base``; one line naming the fix when neither."""
-    from ..hub import shipped_adapter
-
-    if adapter is not None:
-        return adapter
-    shipped = shipped_adapter(base) if base is not None else None
-    if shipped is None:
+    chosen = chosen_adapter(base, adapter, no_adapter=False)
+    if chosen is None:
         raise GEMError(f"no adapter is shipped for base {base!r}; give --adapter FOLDER" if base is not None
                        else "give --adapter FOLDER, or --base smollm2-135m for the adapter shipped for it")
-    return shipped
+    return chosen
 
 
 SHIPPED_ADAPTER_HELP = ("GEM adapter folder (gem train / stack / swap)  [default: the adapter shipped for the base "
