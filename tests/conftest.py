@@ -183,6 +183,15 @@ def random_gem_adapter(base: Path, out: Path, seed: int, template: str | None = 
     return out
 
 
+def without_tokenizer(adapter: Path, out: Path) -> Path:
+    """A copy of ``adapter``'s files minus its tokenizer, as the shipped adapter is packaged."""
+    out.mkdir()
+    for path in adapter.iterdir():
+        if path.is_file() and not path.name.startswith(("tokenizer", "special_tokens", "chat_template")):
+            (out / path.name).write_bytes(path.read_bytes())
+    return out
+
+
 @pytest.fixture(params=ARCHITECTURES)
 def architecture(request) -> str:
     return request.param

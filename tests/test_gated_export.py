@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import random_gem_adapter, save_tiny_base
+from conftest import random_gem_adapter, save_tiny_base, without_tokenizer
 
 from gem_adapter import GEMError, GEMModel
 from gem_adapter.adapters import export, merge
@@ -242,11 +242,7 @@ def test_a_saved_sentence_transformer_keeps_the_gate(tmp_path, sentence_transfor
 
 def test_an_adapter_without_tokenizer_files_merges_and_exports_with_its_bases(tmp_path, base, gated, reference):
     # the shipped adapter carries no tokenizer: the base's, plus the GEM token GEMModel adds, has the same ids
-    bare = tmp_path / "no-tokenizer"
-    bare.mkdir()
-    for path in gated.iterdir():
-        if path.is_file() and not path.name.startswith(("tokenizer", "special_tokens", "chat_template")):
-            (bare / path.name).write_bytes(path.read_bytes())
+    bare = without_tokenizer(gated, tmp_path / "no-tokenizer")
     merge(base, bare, tmp_path / "merged")
     assert cosines(GEMModel.from_pretrained(tmp_path / "merged", dtype="float32").encode(TEXTS), reference).min() >= 0.99999
     export(base, bare, tmp_path / "vllm", "vllm")
