@@ -34,6 +34,7 @@ from gem_adapter.hub import SHIPPED_ADAPTERS, SHIPPED_DIR
 
 FILES = ("adapter_config.json", "adapter_model.safetensors", "gem_config.json", "training_config.json",
          "train_summary.json")
+REPORT_FILES = ("report.md", "summary.json")  # of a gem eval run; shipped as eval-<suite>-<name>
 
 
 def main() -> None:
@@ -52,7 +53,7 @@ def main() -> None:
         raise SystemExit(f"{args.adapter} lacks {', '.join(missing)}; give a folder written by gem train")
     reports = {run: evaluated_suite(run, args.adapter) for run in args.eval}  # refused before any work
     size = sum((args.adapter / name).stat().st_size for name in FILES)
-    total = size + sum((run / name).stat().st_size for run in reports for name in ("report.md", "summary.json"))
+    total = size + sum((run / name).stat().st_size for run in reports for name in REPORT_FILES)
     if total > args.max_bytes:
         raise SystemExit(f"{args.adapter} and its reports hold {total:,} bytes, over the {args.max_bytes:,} budget; "
                          "lower lora_r")
@@ -66,10 +67,9 @@ def main() -> None:
         shutil.copyfile(args.adapter / name, staging / name)
         apply_umask(staging / name)
     for run, suite in reports.items():
-        shutil.copyfile(run / "report.md", staging / f"eval-{suite}-report.md")
-        shutil.copyfile(run / "summary.json", staging / f"eval-{suite}-summary.json")
-        for name in (f"eval-{suite}-report.md", f"eval-{suite}-summary.json"):
-            apply_umask(staging / name)
+        for name in REPORT_FILES:
+            shutil.copyfile(run / name, staging / f"eval-{suite}-{name}")
+            apply_umask(staging / f"eval-{suite}-{name}")
     (staging / "dev_scores.json").write_text(json.dumps({"machine": machine(), **scores}, indent=2) + "\n")
     (staging / "README.md").write_text(card(args, summary, scores, size, sorted(reports.values())))
     apply_umask(staging, directory=True)  # mkdtemp makes it private; the package folder is not
@@ -86,7 +86,7 @@ def evaluated_suite(run: Path, adapter: Path) -> str:
         record = json.loads((run / "run.json").read_text())
     except (OSError, ValueError):
         raise SystemExit(f"{run} holds no readable run.json; give a folder written by gem eval") from None
-    missing = [name for name in ("report.md", "summary.json") if not (run / name).is_file()]
+    missing = [name for name in REPORT_FILES if not (run / name).is_file()]
     if missing:
         raise SystemExit(f"{run} lacks {', '.join(missing)}; let gem eval finish (--resume) before shipping it")
     # the digest gem eval recorded covers the adapter folder's weights and configs when it was scored
