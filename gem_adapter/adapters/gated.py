@@ -35,11 +35,19 @@ from pathlib import Path
 from typing import Any
 
 from .. import quiet, scope
-from ..compat import embedding_targets, tokenizer_source
+from ..compat import embedding_targets
 from ..errors import GEMError
 from ..files import AdapterFolder
 from .engine_tokenizer import EMBEDDING_TOKENIZER, embedding_tokenizer, save_tokenizer
-from .merge_checks import PROBE_LOGIT_TOLERANCE, PROBE_MIN_COSINE, PROBE_TEXTS, max_lora_delta, shares_embeddings
+from .merge_checks import (
+    PROBE_LOGIT_TOLERANCE,
+    PROBE_MIN_COSINE,
+    PROBE_TEXTS,
+    adapter_model,
+    load_float32_base,
+    max_lora_delta,
+    shares_embeddings,
+)
 
 GATE_CONFIG_KEY = "gem_gate"  # in the merged config.json: what the vLLM plugin reads
 GATED_ARCHITECTURE_PREFIX = "GEMGated"
@@ -131,26 +139,16 @@ def build_gated(base_path: str, folder: AdapterFolder) -> dict[str, Any]:
     import torch
 
     quiet.import_peft()  # before PEFT is imported: without bitsandbytes (quiet.py)
-    from peft import PeftModel
     from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    from ..model import GEMModel
-
-    lm = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
-    if getattr(lm.config, "quantization_config", None) is not None:
-        raise GEMError(f"base {base_path} is stored quantised ({type(lm.config.quantization_config).__name__}); merging "
-                       "needs the full-precision weights - pass the unquantised base model")
+    lm = load_float32_base(base_path)
     rows_before = int(lm.get_input_embeddings().weight.shape[0])
     tied = shares_embeddings(lm)
     base_tokenizer = AutoTokenizer.from_pretrained(base_path)
     base_logits = plain_logits(lm, base_tokenizer, PROBE_TEXTS)
 
-    gem = GEMModel(lm, AutoTokenizer.from_pretrained(tokenizer_source(folder.path, base_path)),
-                   dataclasses.replace(folder.gem_config))
-    with quiet.peft_calls():
-        gem.model = PeftModel.from_pretrained(gem.model, str(folder.path), is_trainable=False)
-    gem.model.eval()
+    gem = adapter_model(lm, folder, base_path)
     scope.install(gem.model, "gem")
     reference = gem.encode(list(PROBE_TEXTS), normalize=True, convert_to_tensor=True).float()
     largest_delta = max_lora_delta(gem.model)

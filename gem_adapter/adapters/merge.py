@@ -26,12 +26,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import quiet
-from ..compat import _unwrapped, check_compatibility, embedding_targets, spec_from_folder, tokenizer_source
+from ..compat import _unwrapped, check_compatibility, embedding_targets, spec_from_folder
 from ..errors import GEMError
 from ..files import AdapterFolder, atomic_output, check_output, parse_dtype, read_adapter
 from .gated import is_gated, require_activatable, write_gated_merged
-from .merge_checks import PROBE_LOGIT_TOLERANCE, PROBE_MIN_COSINE, PROBE_TEXTS, max_lora_delta, shares_embeddings
+from .merge_checks import (
+    PROBE_LOGIT_TOLERANCE,
+    PROBE_MIN_COSINE,
+    PROBE_TEXTS,
+    adapter_model,
+    load_float32_base,
+    max_lora_delta,
+    shares_embeddings,
+)
 
 MERGE_REPORT = "merge_report.json"
 
@@ -178,28 +185,15 @@ def write_merged(base_path: str, base_name: str, folder: AdapterFolder, spec, st
 def build_merged(base_path: str, folder: AdapterFolder, spec) -> dict[str, Any]:
     """The merged float32 model in memory, checked against the adapter model on probe texts."""
     import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ..model import GEMModel
-
-    lm = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
-    if getattr(lm.config, "quantization_config", None) is not None:
-        raise GEMError(
-            f"base {base_path} is stored quantised ({type(lm.config.quantization_config).__name__}); merging needs "
-            "the full-precision weights - pass the unquantised base model"
-        )
+    lm = load_float32_base(base_path)
     rows_before = int(lm.get_input_embeddings().weight.shape[0])
     tied = shares_embeddings(lm)
     targets = embedding_targets(folder, spec)
     untie_first = tied and bool(targets)
     if untie_first:
         untie(lm)
-    gem = GEMModel(lm, AutoTokenizer.from_pretrained(tokenizer_source(folder.path, base_path)),
-                   dataclasses.replace(folder.gem_config))
-    with quiet.peft_calls():
-        gem.model = PeftModel.from_pretrained(gem.model, str(folder.path), is_trainable=False)
-    gem.model.eval()
+    gem = adapter_model(lm, folder, base_path)
     if untie_first:
         copy_rows_to_output(gem)  # what PEFT's tied token rows do for the output matrix
     probes = probe_outputs(gem)
