@@ -12,8 +12,8 @@ leaving out the tokenizer (the base's, plus the GEM tokens ``GEMModel`` adds, gi
 ids), checkpoints and logs. Scores the adapter on dev splits (STSBenchmark dev, SICK trial,
 WikiText-2; ``recipe_ablation.dev_scores``) next to the bare base, and writes README.md: what it
 is, the command that made it, the train splits it used, the scores. Each ``--eval`` run of
-``gem eval`` on this adapter folder (the digest it recorded must match the folder now)
-goes beside it as ``eval-<suite>-report.md`` and ``eval-<suite>-summary.json``. Refuses a result
+``gem eval`` on this adapter (the digest it recorded must match the trained folder, or the copy
+shipped in the package, as they are now) goes beside it as ``eval-<suite>-report.md`` and ``eval-<suite>-summary.json``. Refuses a result
 over ``--max-bytes`` (10 MB) and leaves the old folder in place until the new one is complete.
 """
 
@@ -51,21 +51,27 @@ def main() -> None:
     missing = [name for name in FILES if not (args.adapter / name).is_file()]
     if missing:
         raise SystemExit(f"{args.adapter} lacks {', '.join(missing)}; give a folder written by gem train")
-    reports = {run: evaluated_suite(run, args.adapter) for run in args.eval}  # refused before any work
-    size = sum((args.adapter / name).stat().st_size for name in FILES)
-    total = size + sum((run / name).stat().st_size for run in reports for name in REPORT_FILES)
-    if total > args.max_bytes:
-        raise SystemExit(f"{args.adapter} and its reports hold {total:,} bytes, over the {args.max_bytes:,} budget; "
-                         "lower lora_r")
-    summary = json.loads((args.adapter / "train_summary.json").read_text())
-    scores = {"adapter": dev_scores(args.alias, args.adapter, args.wikitext_tokens),
-              "base, untrained GEM token": dev_scores(args.alias, None, args.wikitext_tokens)}
     target = SHIPPED_DIR / SHIPPED_ADAPTERS[args.alias]
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    for name in FILES:
-        shutil.copyfile(args.adapter / name, staging / name)
-        apply_umask(staging / name)
+    try:
+        for name in FILES:
+            shutil.copyfile(args.adapter / name, staging / name)
+            apply_umask(staging / name)
+        # a report may have scored the trained folder or the shipped copy (which has no tokenizer files)
+        digests = {adapter_digest(args.adapter): str(args.adapter), adapter_digest(staging): str(target)}
+        reports = {run: evaluated_suite(run, digests) for run in args.eval}  # refused before any scoring
+        size = sum((args.adapter / name).stat().st_size for name in FILES)
+        total = size + sum((run / name).stat().st_size for run in reports for name in REPORT_FILES)
+        if total > args.max_bytes:
+            raise SystemExit(f"{args.adapter} and its reports hold {total:,} bytes, over the {args.max_bytes:,} "
+                             "budget; lower lora_r")
+        summary = json.loads((args.adapter / "train_summary.json").read_text())
+        scores = {"adapter": dev_scores(args.alias, args.adapter, args.wikitext_tokens),
+                  "base, untrained GEM token": dev_scores(args.alias, None, args.wikitext_tokens)}
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # the old folder stays as it was
+        raise
     for run, suite in reports.items():
         for name in REPORT_FILES:
             shutil.copyfile(run / name, staging / f"eval-{suite}-{name}")
@@ -80,8 +86,12 @@ def main() -> None:
     print(json.dumps(scores, indent=2))
 
 
-def evaluated_suite(run: Path, adapter: Path) -> str:
-    """The suite of the ``gem eval`` run in ``run``, after checking that it scored ``adapter`` as it is now."""
+def evaluated_suite(run: Path, digests: dict[str, str]) -> str:
+    """The suite of the ``gem eval`` run in ``run``, after checking that it scored these weights.
+
+    ``digests`` maps ``adapter_digest`` values of the adapter as it is now (the trained folder, the
+    copy to be shipped) to their folders.
+    """
     try:
         record = json.loads((run / "run.json").read_text())
     except (OSError, ValueError):
@@ -90,8 +100,9 @@ def evaluated_suite(run: Path, adapter: Path) -> str:
     if missing:
         raise SystemExit(f"{run} lacks {', '.join(missing)}; let gem eval finish (--resume) before shipping it")
     # the digest gem eval recorded covers the adapter folder's weights and configs when it was scored
-    if record.get("adapter_digest") != adapter_digest(adapter):
-        raise SystemExit(f"{run} scored {record.get('adapter')}, not {adapter} as it is now; evaluate the adapter you ship")
+    if record.get("adapter_digest") not in digests:
+        raise SystemExit(f"{run} scored {record.get('adapter')}, not {' or '.join(digests.values())} as it is now; "
+                         "evaluate the adapter you ship")
     return record["suite"]
 
 

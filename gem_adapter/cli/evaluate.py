@@ -39,7 +39,7 @@ def _names(value: str | None) -> list[str] | None:
                    "subject, HellaSwag 1,000, ARC-Easy and WikiText-2 whole (hours on 2 CPU cores); "
                    "validation: seven sets no recipe trains on, plus STSB and SICK-R, as seeded subsets "
                    "(about 5 min a row with smollm2-135m on 2 CPU cores), reported with their OOD average and "
-                   "family averages; validation-full: the same, every test item.")
+                   "family averages; validation-full: the same, every test item (about 25 min a decoder row).")
 @click.option("--tasks", default=None, metavar="LIST",
               help="Comma-separated task names of the suite, from the list above  [default: all of the suite's]")
 @click.option("--baselines", default=None, metavar="LIST",
