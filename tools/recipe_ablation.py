@@ -30,12 +30,11 @@ import csv
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
-from collections.abc import Callable
-
 from bench_training import DATA, spearman_x100, sts_dev
 
 from gem_adapter import GEMModel
@@ -173,7 +172,11 @@ def main() -> None:
     results: dict = {"machine": machine(), "common": args.common, "scores": sorted(kinds), "rows": [],
                      "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     if previous.is_file():  # a later call adds its rows to the same table
-        results["rows"] = json.loads(previous.read_text())["rows"]
+        earlier = json.loads(previous.read_text())
+        # Each row keeps the machine it ran on: a resumed table may span machines (train_seconds
+        # only compare within one), so the first call's machine stays the table's.
+        results["machine"] = earlier["machine"]
+        results["rows"] = [{"machine": earlier["machine"], **row} for row in earlier["rows"]]
     if not args.variant and not args.score:
         parser.error("give at least one --variant or --score")
     jobs = [("train", spec) for spec in args.variant] + [("score", spec) for spec in args.score]
@@ -190,6 +193,7 @@ def main() -> None:
             label, recipe, overrides = parse_variant(spec)
             row = {"variant": label, "recipe": recipe, "overrides": overrides,
                    **train_and_score(args.base, recipe, args.out / label, args.common + overrides, scores)}
+        row["machine"] = machine()
         row["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
         results["rows"] = [r for r in results["rows"] if r["variant"] != label] + [row]
         print(row, flush=True)
@@ -199,7 +203,10 @@ def main() -> None:
 
 
 def markdown(results: dict) -> str:
-    lines = [f"Machine: {results['machine']}. Common settings: {' '.join(results['common']) or 'none'}.", ""]
+    lines = [f"Machine: {results['machine']}. Common settings: {' '.join(results['common']) or 'none'}."]
+    lines += [f"{r['variant']} ran on {r['machine']}." for r in results["rows"]
+              if r.get("machine", results["machine"]) != results["machine"]]
+    lines.append("")
     dev_rows = [r for r in results["rows"] if "sts_dev" in r]
     if dev_rows:
         lines += ["| variant | recipe and overrides | STSB dev | SICK trial | B77 dev acc | B77 dev V | WikiText-2 ppl | train s |",

@@ -52,7 +52,7 @@ def ablation_rows(path: Path) -> list[dict]:
         rows.append({"name": row["variant"], "source": str(path),
                      "recipe": row["recipe"] + (f" ({overrides})" if overrides else ""),
                      "scores": row["validation"], "in_domain": list(row.get("validation_in_domain") or []),
-                     "train_seconds": row.get("train_seconds")})
+                     "train_seconds": row.get("train_seconds"), "machine": row.get("machine", table.get("machine"))})
     return rows
 
 
@@ -98,7 +98,8 @@ def markdown(rows: list[dict], reference: str | None) -> str:
              "eight tasks of the seven validation sets, the same for every row."), "", "Rows:"]
     for row in rows:
         notes.append(f"- **{row['name']}**: " + (f"recipe `{row['recipe']}`, " if "recipe" in row else "")
-                     + (f"trained {row['train_seconds']:.0f} s, " if row.get("train_seconds") else "")
+                     + (f"trained {row['train_seconds']:.0f} s" + (f" on {row['machine']}" if row.get("machine") else "")
+                        + ", " if row.get("train_seconds") else "")
                      + f"from `{row['source']}`")
     return "\n".join(lines + notes) + "\n"
 
