@@ -169,7 +169,8 @@ def main() -> None:
         return row
 
     previous = args.out / "ablation.json"
-    results: dict = {"machine": machine(), "common": args.common, "scores": sorted(kinds), "rows": [],
+    here = machine()
+    results: dict = {"machine": here, "common": args.common, "scores": sorted(kinds), "rows": [],
                      "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     if previous.is_file():  # a later call adds its rows to the same table
         earlier = json.loads(previous.read_text())
@@ -193,7 +194,7 @@ def main() -> None:
             label, recipe, overrides = parse_variant(spec)
             row = {"variant": label, "recipe": recipe, "overrides": overrides,
                    **train_and_score(args.base, recipe, args.out / label, args.common + overrides, scores)}
-        row["machine"] = machine()
+        row["machine"] = here
         row["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
         results["rows"] = [r for r in results["rows"] if r["variant"] != label] + [row]
         print(row, flush=True)
@@ -204,8 +205,7 @@ def main() -> None:
 
 def markdown(results: dict) -> str:
     lines = [f"Machine: {results['machine']}. Common settings: {' '.join(results['common']) or 'none'}."]
-    lines += [f"{r['variant']} ran on {r['machine']}." for r in results["rows"]
-              if r.get("machine", results["machine"]) != results["machine"]]
+    lines += [f"{r['variant']} ran on {r['machine']}." for r in results["rows"] if r["machine"] != results["machine"]]
     lines.append("")
     dev_rows = [r for r in results["rows"] if "sts_dev" in r]
     if dev_rows:

@@ -97,10 +97,11 @@ def markdown(rows: list[dict], reference: str | None) -> str:
              "split (in-domain), so it is left out of the row's OOD average (the mean of its other tasks). val. sets avg (8): the mean over the "
              "eight tasks of the seven validation sets, the same for every row."), "", "Rows:"]
     for row in rows:
+        trained = ""
+        if row.get("train_seconds"):
+            trained = f"trained {row['train_seconds']:.0f} s" + (f" on {row['machine']}" if row.get("machine") else "") + ", "
         notes.append(f"- **{row['name']}**: " + (f"recipe `{row['recipe']}`, " if "recipe" in row else "")
-                     + (f"trained {row['train_seconds']:.0f} s" + (f" on {row['machine']}" if row.get("machine") else "")
-                        + ", " if row.get("train_seconds") else "")
-                     + f"from `{row['source']}`")
+                     + trained + f"from `{row['source']}`")
     return "\n".join(lines + notes) + "\n"
 
 
